@@ -1,0 +1,219 @@
+"""What every policy shares: the arm-statistics arrays, the decision type, the floor.
+
+A policy decides for a batch of B independent states at once. The statistics of K arms
+are arrays of shape ``(B, K)``: B simulation runs, or one shared server state broadcast
+to B requests (:meth:`ArmStats.broadcast`). Policies are pure: numpy only, and every
+random number comes from the ``numpy.random.Generator`` passed in.
+
+Each policy writes two hooks:
+
+``_probabilities(stats, rng)``
+    the ``(B, K)`` probability that the policy picks each arm (without the floor). Exact
+    for UCB (tie share), epsilon-greedy and fixed weights; a Monte Carlo estimate for
+    Thompson sampling.
+``_choose(stats, rng)``
+    one direct draw per row from the same distribution, without computing it in full
+    (fast path for the simulator; by default a draw from ``_probabilities``).
+
+:meth:`Policy.select` adds the per-arm traffic floor to both and returns a
+:class:`Decision` whose ``propensities`` are the probabilities of the chosen arms.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from bandit_serve.errors import PolicyInputError
+
+__all__ = ["ArmStats", "Decision", "Policy", "sample_categorical"]
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """Sufficient statistics of observed rewards, each an array of shape ``(B, K)``.
+
+    ``count`` is the number of rewards observed per arm (decisions still waiting for a
+    reward are not in it), ``total`` their sum and ``total_sq`` the sum of their squares.
+    """
+
+    count: FloatArray
+    total: FloatArray
+    total_sq: FloatArray
+
+    @classmethod
+    def from_arrays(
+        cls, count: ArrayLike, total: ArrayLike, total_sq: ArrayLike | None = None
+    ) -> ArmStats:
+        """Build statistics from array-likes of shape ``(K,)`` or ``(B, K)``; checks them."""
+        c = np.atleast_2d(np.asarray(count, dtype=np.float64))
+        s = np.atleast_2d(np.asarray(total, dtype=np.float64))
+        q = (
+            np.zeros_like(c)
+            if total_sq is None
+            else np.atleast_2d(np.asarray(total_sq, dtype=np.float64))
+        )
+        if c.ndim != 2 or c.shape != s.shape or c.shape != q.shape:
+            raise PolicyInputError(
+                f"count, total and total_sq must share one shape (B, K); got {c.shape}, "
+                f"{s.shape} and {q.shape}."
+            )
+        if c.shape[1] == 0:
+            raise PolicyInputError("A policy needs at least one arm; got K = 0.")
+        if not (np.all(np.isfinite(c)) and np.all(np.isfinite(s)) and np.all(np.isfinite(q))):
+            raise PolicyInputError("Arm statistics must be finite numbers.")
+        if np.any(c < 0):
+            raise PolicyInputError(f"Reward counts must be >= 0; got {c.min()}.")
+        return cls(c, s, q)
+
+    @classmethod
+    def zeros(cls, batch: int, arms: int) -> ArmStats:
+        """Statistics of ``batch`` states in which no arm has a reward yet."""
+        z = np.zeros((batch, arms))
+        return cls(z, z.copy(), z.copy())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(B, K)``."""
+        b, k = self.count.shape
+        return b, k
+
+    def broadcast(self, batch: int) -> ArmStats:
+        """Repeat a single state (B = 1) for ``batch`` independent requests (no copy)."""
+        if self.shape[0] != 1:
+            raise PolicyInputError(
+                f"Only a single state can be broadcast; got B = {self.shape[0]}."
+            )
+        shape = (batch, self.shape[1])
+        return ArmStats(
+            np.broadcast_to(self.count, shape),
+            np.broadcast_to(self.total, shape),
+            np.broadcast_to(self.total_sq, shape),
+        )
+
+    def rescaled(self, low: float, high: float) -> ArmStats:
+        """Map rewards from ``[low, high]`` onto ``[0, 1]`` (for Beta and UCB policies)."""
+        width = high - low
+        total = (self.total - self.count * low) / width
+        total_sq = (self.total_sq - 2 * low * self.total + self.count * low * low) / width**2
+        return ArmStats(self.count, total, total_sq)
+
+    def means(self) -> FloatArray:
+        """Observed mean reward per arm; NaN where an arm has no reward yet."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.total / self.count, np.nan)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The chosen arm per row and the probability with which it was chosen."""
+
+    arms: IntArray
+    propensities: FloatArray
+
+
+def sample_categorical(probabilities: FloatArray, rng: np.random.Generator) -> IntArray:
+    """Draw one arm per row of a ``(B, K)`` probability matrix (inverse-CDF, vectorized)."""
+    cdf = np.cumsum(probabilities, axis=1)
+    u = rng.random((probabilities.shape[0], 1)) * cdf[:, -1:]
+    arms = (cdf <= u).sum(axis=1)
+    return np.asarray(np.minimum(arms, probabilities.shape[1] - 1), dtype=np.int64)
+
+
+def random_argmax(scores: FloatArray, rng: np.random.Generator) -> IntArray:
+    """Row-wise argmax; ties (including several +inf) break uniformly at random."""
+    best = scores.max(axis=1, keepdims=True)
+    is_best = scores == best
+    jitter = rng.random(scores.shape)
+    return np.asarray(np.where(is_best, jitter, -1.0).argmax(axis=1), dtype=np.int64)
+
+
+def tie_share(scores: FloatArray) -> FloatArray:
+    """Probability that a random-tie-breaking argmax picks each arm: 1/|argmax set| or 0."""
+    is_best = scores == scores.max(axis=1, keepdims=True)
+    return np.asarray(is_best / is_best.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+class Policy(ABC):
+    """Base of every policy: shape checks, the per-arm traffic floor, and :meth:`select`.
+
+    Parameters
+    ----------
+    min_share:
+        Per-arm minimum traffic floor ``f``. The policy's distribution ``p`` is mixed with
+        the uniform one: ``(1 - K f) p + f``, so every arm gets at least ``f`` of the
+        traffic. Requires ``K f <= 1``.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, *, min_share: float = 0.0) -> None:
+        if not 0.0 <= min_share <= 1.0:
+            raise PolicyInputError(f"min_share must be in [0, 1]; got {min_share!r}.")
+        self.min_share = float(min_share)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+    # -- hooks -----------------------------------------------------------------------
+
+    @abstractmethod
+    def _probabilities(self, stats: ArmStats, rng: np.random.Generator) -> FloatArray:
+        """``(B, K)`` selection probabilities of the policy itself (no floor)."""
+
+    def _choose(self, stats: ArmStats, rng: np.random.Generator) -> IntArray:
+        """One draw per row from the policy's own distribution (no floor)."""
+        return sample_categorical(self._probabilities(stats, rng), rng)
+
+    # -- public ----------------------------------------------------------------------
+
+    def probabilities(self, stats: ArmStats, rng: np.random.Generator) -> FloatArray:
+        """``(B, K)`` probability of picking each arm, the floor included."""
+        self._check(stats)
+        p = self._probabilities(stats, rng)
+        return self._mix_floor(p)
+
+    def select(
+        self, stats: ArmStats, rng: np.random.Generator, *, propensity: bool = True
+    ) -> Decision:
+        """Choose one arm per row of ``stats``.
+
+        With ``propensity=True`` the full selection distribution is computed and the arm
+        is drawn from it, so the returned propensity is exactly the probability with which
+        that arm was drawn. With ``propensity=False`` the policy's fast path draws the arm
+        directly and ``propensities`` is NaN (the simulator's mode).
+        """
+        self._check(stats)
+        if propensity:
+            p = self.probabilities(stats, rng)
+            arms = sample_categorical(p, rng)
+            return Decision(arms, p[np.arange(len(arms)), arms])
+        arms = self._choose(stats, rng)
+        b, k = stats.shape
+        if self.min_share > 0.0:
+            explore = rng.random(b) < self.min_share * k
+            arms = np.where(explore, rng.integers(0, k, size=b), arms)
+        return Decision(arms, np.full(b, np.nan))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _check(self, stats: ArmStats) -> None:
+        k = stats.shape[1]
+        if self.min_share * k > 1.0 + 1e-12:
+            raise PolicyInputError(
+                f"min_share {self.min_share} times {k} arms exceeds 1; lower min_share."
+            )
+
+    def _mix_floor(self, p: FloatArray) -> FloatArray:
+        if self.min_share == 0.0:
+            return p
+        k = p.shape[1]
+        return np.asarray((1.0 - self.min_share * k) * p + self.min_share, dtype=np.float64)

@@ -1,0 +1,224 @@
+"""Redis store: redis-py asyncio client and three Lua scripts, one round trip per call.
+
+Keys of experiment ``E`` (the ``{E}`` hash tag keeps them on one Redis Cluster slot)::
+
+    bandit:{E}:arms          hash  "<arm>:<stat>" -> running totals
+    bandit:{E}:b:<start>     hash  the same stats for one time bucket (expires)
+    bandit:{E}:ev:<id>       hash  one decision: arm, propensity, time, deadline, state
+    bandit:{E}:due           zset  "<id>:<arm>" scored by deadline (ms) until settled
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Sequence
+from functools import cache
+from importlib.resources import files
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from bandit_serve.errors import StoreError
+from bandit_serve.store.base import (
+    ArmTotals,
+    Bucket,
+    Clock,
+    DecisionRecord,
+    ExperimentSettings,
+    RewardOutcome,
+    SettleReport,
+    Store,
+    new_event_id,
+)
+
+__all__ = ["RedisStore", "experiment_keys"]
+
+_EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
+_INT_STATS = {"pulls", "rewards", "units", "pending", "defaulted", "dropped"}
+T = TypeVar("T")
+
+
+@cache
+def _script_source(name: str) -> str:
+    lua = files("bandit_serve.store") / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def experiment_keys(name: str) -> tuple[str, str, str]:
+    """``(prefix, totals key, due key)`` of an experiment."""
+    prefix = f"bandit:{{{name}}}"
+    return prefix, f"{prefix}:arms", f"{prefix}:due"
+
+
+def _ms(t: float) -> int:
+    return round(t * 1000)
+
+
+def _parse_arms(raw: dict[str, str]) -> dict[str, ArmTotals]:
+    out: dict[str, ArmTotals] = {}
+    for field_name, value in raw.items():
+        arm, _, stat = field_name.rpartition(":")
+        t = out.setdefault(arm, ArmTotals())
+        if stat == "units":
+            t.reward_units = int(value)
+        elif stat == "sq":
+            t.reward_sq = float(value)
+        elif stat in _INT_STATS:
+            setattr(t, stat, int(value))
+    return out
+
+
+class RedisStore(Store):
+    """:class:`Store` on Redis. Build with :meth:`from_url`; ``await close()`` when done."""
+
+    def __init__(self, client: aioredis.Redis, clock: Clock | None = None) -> None:
+        super().__init__(clock)
+        self.client = client
+        self._record: AsyncScript = client.register_script(_script_source("record"))
+        self._reward: AsyncScript = client.register_script(_script_source("reward"))
+        self._settle: AsyncScript = client.register_script(_script_source("settle"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        clock: Clock | None = None,
+        timeout: float = 5.0,
+        max_connections: int | None = None,
+    ) -> RedisStore:
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=max_connections,
+        )
+        return cls(client, clock)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _call(self, what: str, pending: Awaitable[T]) -> T:
+        try:
+            return await pending
+        except RedisError as err:
+            raise StoreError(f"Redis failed during {what}: {err}") from err
+        except OSError as err:  # a socket error that redis-py did not wrap
+            raise StoreError(f"Redis unreachable during {what}: {err}") from err
+
+    def _bucket_key(self, exp: ExperimentSettings, now: float) -> tuple[str, int]:
+        prefix, _, _ = experiment_keys(exp.name)
+        start = exp.bucket_start(now)
+        expire_at = _ms(start + exp.bucket_seconds + exp.bucket_retention_seconds)
+        return f"{prefix}:b:{start}", expire_at
+
+    async def ping(self) -> bool:
+        """True when the server answers."""
+        return bool(await self._call("PING", self.client.ping()))
+
+    # -- Store -----------------------------------------------------------------------
+
+    async def record_decisions(
+        self, exp: ExperimentSettings, arms: Sequence[str], propensities: Sequence[float]
+    ) -> list[DecisionRecord]:
+        if len(arms) != len(propensities):
+            raise ValueError("arms and propensities must have the same length")
+        if not arms:
+            return []
+        now = self.clock()
+        deadline = now + exp.wait_seconds
+        prefix, totals, due = experiment_keys(exp.name)
+        bucket, bucket_expire = self._bucket_key(exp, now)
+        ids = [new_event_id() for _ in arms]
+        args: list[Any] = [
+            _ms(now),
+            _ms(deadline),
+            _ms(deadline + exp.retention_seconds),
+            bucket_expire,
+        ]
+        for arm, p in zip(arms, propensities, strict=True):
+            args += [arm, repr(float(p))]
+        keys = [totals, due, bucket, *(f"{prefix}:ev:{i}" for i in ids)]
+        await self._call("record_decisions", self._record(keys, args))
+        return [
+            DecisionRecord(i, a, float(p), now, deadline)
+            for i, a, p in zip(ids, arms, propensities, strict=True)
+        ]
+
+    async def apply_rewards(
+        self, exp: ExperimentSettings, rewards: Sequence[tuple[str, float]]
+    ) -> list[RewardOutcome]:
+        out: list[RewardOutcome | None] = [None] * len(rewards)
+        sent: list[int] = []
+        for n, (event_id, reward) in enumerate(rewards):
+            if not exp.accepts(float(reward)):
+                out[n] = RewardOutcome.INVALID  # the script checks again; this spares a trip
+            elif not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+                out[n] = RewardOutcome.UNKNOWN  # never a key: no id we issue looks like it
+            else:
+                sent.append(n)
+        if sent:
+            now = self.clock()
+            prefix, totals, due = experiment_keys(exp.name)
+            bucket, bucket_expire = self._bucket_key(exp, now)
+            keys = [totals, due, bucket, *(f"{prefix}:ev:{rewards[n][0]}" for n in sent)]
+            args: list[Any] = [_ms(now), repr(exp.low), repr(exp.high), bucket_expire]
+            args += [repr(float(rewards[n][1])) for n in sent]
+            statuses = await self._call("apply_rewards", self._reward(keys, args))
+            for n, status in zip(sent, statuses, strict=True):
+                out[n] = RewardOutcome(status)
+        return [o for o in out if o is not None]
+
+    async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:
+        prefix, totals, due = experiment_keys(exp.name)
+        report = SettleReport()
+        for _ in range(1000):  # bounded: at most 1000 * limit decisions per call
+            now = self.clock()
+            members = cast(
+                list[str],
+                await self._call(
+                    "settle_expired",
+                    self.client.zrangebyscore(due, "-inf", f"({_ms(now)}", 0, limit),
+                ),
+            )
+            if not members:
+                break
+            bucket, bucket_expire = self._bucket_key(exp, now)
+            keys = [totals, due, bucket]
+            keys += [f"{prefix}:ev:{m.partition(':')[0]}" for m in members]
+            args: list[Any] = [
+                _ms(now),
+                exp.on_expiry,
+                repr(exp.default_reward),
+                bucket_expire,
+                *members,
+            ]
+            defaulted, dropped = await self._call("settle_expired", self._settle(keys, args))
+            report += SettleReport(int(defaulted), int(dropped))
+            if len(members) < limit:
+                break
+        return report
+
+    async def snapshot(self, experiment: str) -> dict[str, ArmTotals]:
+        _, totals, _ = experiment_keys(experiment)
+        raw = await self._call("snapshot", self.client.hgetall(totals))
+        return _parse_arms(cast(dict[str, str], raw))
+
+    async def buckets(self, exp: ExperimentSettings, start: float, end: float) -> list[Bucket]:
+        prefix, _, _ = experiment_keys(exp.name)
+        first, last = exp.bucket_start(start), exp.bucket_start(end)
+        starts = list(range(first, last + 1, exp.bucket_seconds))
+        if len(starts) > 100_000:
+            raise ValueError(f"{len(starts)} buckets requested; ask for a shorter range.")
+
+        async def fetch() -> list[dict[str, str]]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for s in starts:
+                    pipe.hgetall(f"{prefix}:b:{s}")
+                return list(await pipe.execute())
+
+        raws = await self._call("buckets", fetch())
+        return [Bucket(s, _parse_arms(raw)) for s, raw in zip(starts, raws, strict=True) if raw]

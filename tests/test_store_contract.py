@@ -1,0 +1,211 @@
+"""One contract, run unchanged against the in-memory store and a real Redis server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bandit_serve.store import (
+    REWARD_SCALE,
+    ExperimentSettings,
+    MemoryStore,
+    RedisStore,
+    RewardOutcome,
+    SettleReport,
+    Store,
+)
+from tests.conftest import ManualClock, delete_experiment_keys
+
+A, D, U, E, INV = (
+    RewardOutcome.APPLIED,
+    RewardOutcome.DUPLICATE,
+    RewardOutcome.UNKNOWN,
+    RewardOutcome.EXPIRED,
+    RewardOutcome.INVALID,
+)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, clock: ManualClock, exp_name: str
+) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore(clock=clock)
+        return
+    url = request.getfixturevalue("redis_url")
+    s = RedisStore.from_url(url, clock=clock)
+    yield s
+    await s.close()
+    delete_experiment_keys(url, exp_name)
+
+
+@pytest.fixture
+def exp(exp_name: str) -> ExperimentSettings:
+    return ExperimentSettings(
+        exp_name, low=-1.0, high=5.0, wait_seconds=60, default_reward=0.25, bucket_seconds=60
+    )
+
+
+async def test_record_gives_unique_128_bit_ids_and_deadlines(
+    store: Store, exp: ExperimentSettings, clock: ManualClock
+) -> None:
+    recs = await store.record_decisions(exp, ["a", "b", "a"], [0.2, 0.7, 0.2])
+    assert len({r.event_id for r in recs}) == 3
+    assert all(len(r.event_id) == 32 and int(r.event_id, 16) >= 0 for r in recs)
+    assert [r.arm for r in recs] == ["a", "b", "a"]
+    assert recs[0].decided_at == clock.now and recs[0].deadline == clock.now + 60
+    snap = await store.snapshot(exp.name)
+    assert (snap["a"].pulls, snap["a"].pending, snap["b"].pulls) == (2, 2, 1)
+    assert snap["a"].rewards == 0 and snap["a"].reward_units == 0
+
+
+async def test_reward_applies_once_to_the_stored_arm(store: Store, exp: ExperimentSettings) -> None:
+    a, _ = await store.record_decisions(exp, ["a", "b"], [0.5, 0.5])
+    assert await store.apply_reward(exp, a.event_id, 1.5) == A
+    assert await store.apply_reward(exp, a.event_id, 1.5) == D
+    assert await store.apply_reward(exp, a.event_id, 4.0) == D
+    snap = await store.snapshot(exp.name)
+    assert snap["a"].rewards == 1 and snap["a"].reward_sum == 1.5 and snap["a"].pending == 0
+    assert snap["a"].reward_sq == pytest.approx(2.25)
+    assert snap["b"].rewards == 0 and snap["b"].pending == 1
+
+
+async def test_unknown_invalid_outcomes_change_nothing(
+    store: Store, exp: ExperimentSettings
+) -> None:
+    (a,) = await store.record_decisions(exp, ["a"], [1.0])
+    before = await store.snapshot(exp.name)
+    outcomes = await store.apply_rewards(
+        exp,
+        [
+            ("0" * 32, 1.0),
+            ("not-an-id", 1.0),
+            ("{other}:ev:x", 1.0),
+            (a.event_id, math.nan),
+            (a.event_id, math.inf),
+            (a.event_id, -math.inf),
+            (a.event_id, 5.000001),
+            (a.event_id, -1.5),
+        ],
+    )
+    assert outcomes == [U, U, U, INV, INV, INV, INV, INV]
+    assert await store.snapshot(exp.name) == before
+    assert await store.apply_reward(exp, a.event_id, 5.0) == A  # the bound itself is fine
+
+
+async def test_batch_statuses_in_order_and_duplicates_within_a_batch(
+    store: Store, exp: ExperimentSettings
+) -> None:
+    recs = await store.record_decisions(exp, ["a", "b", "b"], [0.3, 0.7, 0.7])
+    outcomes = await store.apply_rewards(
+        exp,
+        [
+            (recs[0].event_id, 1.0),
+            (recs[1].event_id, 2.0),
+            (recs[0].event_id, 1.0),
+            ("f" * 32, 1.0),
+            (recs[2].event_id, math.nan),
+            (recs[2].event_id, 0.0),
+        ],
+    )
+    assert outcomes == [A, A, D, U, INV, A]
+    snap = await store.snapshot(exp.name)
+    assert (snap["a"].rewards, snap["a"].reward_sum) == (1, 1.0)
+    assert (snap["b"].rewards, snap["b"].reward_sum, snap["b"].pending) == (2, 2.0, 0)
+
+
+async def test_reward_sums_are_exact_fixed_point(store: Store, exp: ExperimentSettings) -> None:
+    recs = await store.record_decisions(exp, ["a"] * 10, [1.0] * 10)
+    outcomes = await store.apply_rewards(exp, [(r.event_id, 0.1) for r in recs])
+    assert outcomes == [A] * 10
+    snap = await store.snapshot(exp.name)
+    assert snap["a"].reward_units == 10 * 100_000  # 0.1 * 10, no float drift
+    assert snap["a"].reward_units / REWARD_SCALE == 1.0
+
+
+async def test_late_reward_is_expired_and_settle_applies_default_once(
+    store: Store, exp: ExperimentSettings, clock: ManualClock
+) -> None:
+    a, b, c = await store.record_decisions(exp, ["a", "a", "b"], [0.5, 0.5, 0.5])
+    assert await store.apply_reward(exp, c.event_id, 3.0) == A
+    clock.advance(60)  # exactly at the deadline: still accepted
+    assert await store.apply_reward(exp, a.event_id, 2.0) == A
+    clock.advance(1)
+    assert await store.apply_reward(exp, b.event_id, 2.0) == E  # late: nothing changes
+    assert await store.settle_expired(exp) == SettleReport(defaulted=1)
+    assert await store.settle_expired(exp) == SettleReport()  # nothing left to settle
+    assert await store.apply_reward(exp, b.event_id, 2.0) == E
+    assert await store.apply_reward(exp, a.event_id, 2.0) == D
+    snap = await store.snapshot(exp.name)
+    assert snap["a"].rewards == 2 and snap["a"].defaulted == 1 and snap["a"].pending == 0
+    assert snap["a"].reward_sum == 2.25
+    assert snap["b"].rewards == 1 and snap["b"].defaulted == 0
+
+
+async def test_settle_before_the_deadline_does_nothing(
+    store: Store, exp: ExperimentSettings, clock: ManualClock
+) -> None:
+    await store.record_decisions(exp, ["a"], [1.0])
+    clock.advance(59)
+    assert await store.settle_expired(exp) == SettleReport()
+    assert (await store.snapshot(exp.name))["a"].pending == 1
+
+
+async def test_settle_can_drop_instead(store: Store, exp_name: str, clock: ManualClock) -> None:
+    exp = ExperimentSettings(exp_name, wait_seconds=10, on_expiry="drop")
+    recs = await store.record_decisions(exp, ["a", "a", "b"], [0.5, 0.5, 0.5])
+    clock.advance(11)
+    assert await store.settle_expired(exp) == SettleReport(dropped=3)
+    assert await store.apply_reward(exp, recs[0].event_id, 1.0) == E
+    snap = await store.snapshot(exp.name)
+    assert (snap["a"].pulls, snap["a"].rewards, snap["a"].dropped, snap["a"].pending) == (
+        2,
+        0,
+        2,
+        0,
+    )
+
+
+async def test_expired_record_becomes_unknown_after_retention(
+    store: Store, exp_name: str, clock: ManualClock
+) -> None:
+    exp = ExperimentSettings(exp_name, wait_seconds=10, retention_seconds=5)
+    (a,) = await store.record_decisions(exp, ["a"], [1.0])
+    clock.advance(12)
+    assert await store.apply_reward(exp, a.event_id, 1.0) == E
+    if isinstance(store, MemoryStore):  # Redis expires by its own clock: see test_store_redis
+        clock.advance(10)
+        assert await store.apply_reward(exp, a.event_id, 1.0) == U
+
+
+async def test_time_buckets_hold_the_same_statistics(
+    store: Store, exp: ExperimentSettings, clock: ManualClock
+) -> None:
+    clock.now = (clock.now // 60) * 60 + 1  # start of a minute
+    t0 = clock.now
+    r1 = await store.record_decisions(exp, ["a", "b"], [0.5, 0.5])
+    clock.advance(60)  # next bucket
+    r2 = await store.record_decisions(exp, ["a"], [0.5])
+    assert await store.apply_rewards(exp, [(r1[0].event_id, 1.0), (r2[0].event_id, 3.0)]) == [A, A]
+    buckets = await store.buckets(exp, t0 - 120, clock.now + 120)
+    assert [b.start for b in buckets] == [int(t0 - 1), int(t0 + 59)]
+    first, second = buckets
+    assert (first.arms["a"].pulls, first.arms["b"].pulls) == (1, 1)
+    assert first.arms["a"].rewards == 0  # rewards land in the bucket of their arrival
+    assert (second.arms["a"].pulls, second.arms["a"].rewards, second.arms["a"].reward_sum) == (
+        1,
+        2,
+        4.0,
+    )
+    total = await store.snapshot(exp.name)
+    assert total["a"].pulls == sum(b.arms["a"].pulls for b in buckets)
+    assert total["a"].reward_units == sum(b.arms["a"].reward_units for b in buckets)
+
+
+async def test_experiments_are_isolated(store: Store, exp: ExperimentSettings) -> None:
+    (a,) = await store.record_decisions(exp, ["a"], [1.0])
+    other = ExperimentSettings(exp.name + "-other", low=-1.0, high=5.0)
+    assert await store.apply_reward(other, a.event_id, 1.0) == U
+    assert await store.snapshot(other.name) == {}
