@@ -224,3 +224,14 @@ def test_rescaled_statistics_map_bounds_to_unit_interval() -> None:
     u = (r - 2) / 8
     assert st.total[0, 0] == pytest.approx(u.sum())
     assert st.total_sq[0, 0] == pytest.approx((u**2).sum())
+
+
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_frozen_distribution_samples_with_exact_propensities(kind: str) -> None:
+    policy = make(kind, min_share=0.02)
+    frozen = policy.freeze(STATE, np.random.default_rng(0))
+    d = frozen.sample(np.random.default_rng(1), 20_000)
+    np.testing.assert_allclose(
+        np.bincount(d.arms, minlength=4) / 20_000, frozen.probabilities, atol=0.015
+    )  # ~4 SE at n = 20,000
+    np.testing.assert_array_equal(d.propensities, frozen.probabilities[d.arms])

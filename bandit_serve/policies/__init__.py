@@ -5,7 +5,13 @@
 
 from __future__ import annotations
 
-from bandit_serve.policies.base import ArmStats, Decision, Policy, sample_categorical
+from bandit_serve.policies.base import (
+    ArmStats,
+    Decision,
+    FrozenDistribution,
+    Policy,
+    sample_categorical,
+)
 from bandit_serve.policies.epsilon_greedy import EpsilonGreedy
 from bandit_serve.policies.fixed import FixedWeights
 from bandit_serve.policies.thompson import BetaThompson, GaussianThompson
@@ -20,6 +26,7 @@ __all__ = [
     "Decision",
     "EpsilonGreedy",
     "FixedWeights",
+    "FrozenDistribution",
     "GaussianThompson",
     "Policy",
     "kl_bernoulli",

@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from bandit_serve.errors import PolicyInputError
 
-__all__ = ["ArmStats", "Decision", "Policy", "sample_categorical"]
+__all__ = ["ArmStats", "Decision", "FrozenDistribution", "Policy", "sample_categorical"]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -119,6 +119,27 @@ class Decision:
     propensities: FloatArray
 
 
+class FrozenDistribution:
+    """A policy's selection distribution for one state, frozen so sampling it is cheap.
+
+    A server replica decides many requests against one snapshot of the arm statistics;
+    the distribution is the same for all of them, so it is computed once per snapshot
+    (for Thompson sampling: one Monte Carlo estimate) and every request is a categorical
+    draw from it. The logged propensity is then exactly the probability used to draw.
+    """
+
+    def __init__(self, probabilities: FloatArray) -> None:
+        p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        self.probabilities = p
+        self._cdf = np.cumsum(p)
+
+    def sample(self, rng: np.random.Generator, n: int = 1) -> Decision:
+        """``n`` independent decisions."""
+        u = rng.random(n) * self._cdf[-1]
+        arms = np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self._cdf) - 1)
+        return Decision(arms.astype(np.int64), self.probabilities[arms])
+
+
 def sample_categorical(probabilities: FloatArray, rng: np.random.Generator) -> IntArray:
     """Draw one arm per row of a ``(B, K)`` probability matrix (inverse-CDF, vectorized)."""
     cdf = np.cumsum(probabilities, axis=1)
@@ -202,6 +223,12 @@ class Policy(ABC):
             explore = rng.random(b) < self.min_share * k
             arms = np.where(explore, rng.integers(0, k, size=b), arms)
         return Decision(arms, np.full(b, np.nan))
+
+    def freeze(self, stats: ArmStats, rng: np.random.Generator) -> FrozenDistribution:
+        """The selection distribution for one state (B = 1), ready to sample."""
+        if stats.shape[0] != 1:
+            raise PolicyInputError(f"freeze takes a single state; got B = {stats.shape[0]}.")
+        return FrozenDistribution(self.probabilities(stats, rng)[0])
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -112,17 +112,23 @@ class DecisionRecord:
 class ArmTotals:
     """Statistics of one arm (over all time, or within one time bucket).
 
-    ``rewards`` counts applied rewards, default rewards included (``defaulted`` of them);
-    ``pending`` counts decisions still waiting for a reward.
+    ``pulls`` counts decisions; ``rewards`` counts applied rewards, default rewards
+    included (``defaulted`` of them); ``dropped`` counts decisions settled without a
+    reward; ``errors`` counts decisions whose model call failed (they wait for nothing).
     """
 
     pulls: int = 0
     rewards: int = 0
     reward_units: int = 0
     reward_sq: float = 0.0
-    pending: int = 0
     defaulted: int = 0
     dropped: int = 0
+    errors: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Decisions still waiting for a reward (in a bucket: the bucket's net change)."""
+        return self.pulls - self.rewards - self.dropped - self.errors
 
     @property
     def reward_sum(self) -> float:

@@ -81,7 +81,6 @@ class MemoryStore(Store):
                 e.events[eid] = _Event(arm, p, now, deadline, deadline + exp.retention_seconds)
                 for t in (e.totals[arm], bucket[arm]):
                     t.pulls += 1
-                    t.pending += 1
                 out.append(DecisionRecord(eid, arm, p, now, deadline))
             return out
 
@@ -106,7 +105,6 @@ class MemoryStore(Store):
                 else:
                     ev.state = "rewarded"
                     for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
-                        t.pending -= 1
                         t.rewards += 1
                         t.reward_units += reward_units(reward)
                         t.reward_sq += reward * reward
@@ -127,14 +125,12 @@ class MemoryStore(Store):
                 if exp.on_expiry == "drop":
                     ev.state = "dropped"
                     for t in (e.totals[ev.arm], bucket[ev.arm]):
-                        t.pending -= 1
                         t.dropped += 1
                     report += SettleReport(dropped=1)
                 else:
                     ev.state = "defaulted"
                     r = exp.default_reward
                     for t in (e.totals[ev.arm], bucket[ev.arm]):
-                        t.pending -= 1
                         t.rewards += 1
                         t.defaulted += 1
                         t.reward_units += reward_units(r)

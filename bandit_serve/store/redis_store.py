@@ -32,18 +32,22 @@ from bandit_serve.store.base import (
     Store,
     new_event_id,
 )
+from bandit_serve.store.batching import Coalescer
 
 __all__ = ["RedisStore", "experiment_keys"]
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
-_INT_STATS = {"pulls", "rewards", "units", "pending", "defaulted", "dropped"}
+_INT_STATS = {"pulls", "rewards", "defaulted", "dropped", "errors"}
 T = TypeVar("T")
 
 
 @cache
 def _script_source(name: str) -> str:
     lua = files("bandit_serve.store") / "lua"
-    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    # The shebang makes Redis (>= 7) refuse the whole script up front when it is short of
+    # memory, instead of failing at a write half way through.
+    common = (lua / "common.lua").read_text()
+    return "#!lua\n" + common + "\n" + (lua / f"{name}.lua").read_text()
 
 
 def experiment_keys(name: str) -> tuple[str, str, str]:
@@ -71,11 +75,21 @@ def _parse_arms(raw: dict[str, str]) -> dict[str, ArmTotals]:
 
 
 class RedisStore(Store):
-    """:class:`Store` on Redis. Build with :meth:`from_url`; ``await close()`` when done."""
+    """:class:`Store` on Redis. Build with :meth:`from_url`; ``await close()`` when done.
 
-    def __init__(self, client: aioredis.Redis, clock: Clock | None = None) -> None:
+    Concurrent calls of one experiment are coalesced into batches (one script call
+    each) by :class:`~bandit_serve.store.batching.Coalescer`; ``coalesce=False`` sends
+    every call on its own.
+    """
+
+    def __init__(
+        self, client: aioredis.Redis, clock: Clock | None = None, *, coalesce: bool = True
+    ) -> None:
         super().__init__(clock)
         self.client = client
+        self.coalesce = coalesce
+        self._reward_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
+        self._record_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
         self._record: AsyncScript = client.register_script(_script_source("record"))
         self._reward: AsyncScript = client.register_script(_script_source("reward"))
         self._settle: AsyncScript = client.register_script(_script_source("settle"))
@@ -88,6 +102,7 @@ class RedisStore(Store):
         clock: Clock | None = None,
         timeout: float = 5.0,
         max_connections: int | None = None,
+        coalesce: bool = True,
     ) -> RedisStore:
         client = aioredis.Redis.from_url(
             url,
@@ -96,7 +111,7 @@ class RedisStore(Store):
             socket_connect_timeout=timeout,
             max_connections=max_connections,
         )
-        return cls(client, clock)
+        return cls(client, clock, coalesce=coalesce)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -128,25 +143,42 @@ class RedisStore(Store):
             raise ValueError("arms and propensities must have the same length")
         if not arms:
             return []
+        items = [(a, float(p)) for a, p in zip(arms, propensities, strict=True)]
+        if self.coalesce:
+            batcher = self._record_batchers.get(exp)
+            if batcher is None:
+                batcher = self._record_batchers[exp] = Coalescer(
+                    lambda batch: self._record_now(exp, batch)
+                )
+            packed = await batcher.submit(items)
+        else:
+            packed = await self._record_now(exp, items)
+        out = []
+        for (arm, p), text in zip(items, packed, strict=True):
+            event_id, t, deadline = text.split(" ")
+            out.append(DecisionRecord(event_id, arm, p, float(t), float(deadline)))
+        return out
+
+    async def _record_now(
+        self, exp: ExperimentSettings, items: list[tuple[str, float]]
+    ) -> list[str]:
+        """Record in one script call; returns "<event_id> <time> <deadline>" per item."""
         now = self.clock()
         deadline = now + exp.wait_seconds
         prefix, totals, due = experiment_keys(exp.name)
         bucket, bucket_expire = self._bucket_key(exp, now)
-        ids = [new_event_id() for _ in arms]
+        ids = [new_event_id() for _ in items]
         args: list[Any] = [
             _ms(now),
             _ms(deadline),
             _ms(deadline + exp.retention_seconds),
             bucket_expire,
         ]
-        for arm, p in zip(arms, propensities, strict=True):
-            args += [arm, repr(float(p))]
+        for arm, p in items:
+            args += [arm, repr(p)]
         keys = [totals, due, bucket, *(f"{prefix}:ev:{i}" for i in ids)]
         await self._call("record_decisions", self._record(keys, args))
-        return [
-            DecisionRecord(i, a, float(p), now, deadline)
-            for i, a, p in zip(ids, arms, propensities, strict=True)
-        ]
+        return [f"{i} {now!r} {deadline!r}" for i in ids]
 
     async def apply_rewards(
         self, exp: ExperimentSettings, rewards: Sequence[tuple[str, float]]
@@ -161,16 +193,31 @@ class RedisStore(Store):
             else:
                 sent.append(n)
         if sent:
-            now = self.clock()
-            prefix, totals, due = experiment_keys(exp.name)
-            bucket, bucket_expire = self._bucket_key(exp, now)
-            keys = [totals, due, bucket, *(f"{prefix}:ev:{rewards[n][0]}" for n in sent)]
-            args: list[Any] = [_ms(now), repr(exp.low), repr(exp.high), bucket_expire]
-            args += [repr(float(rewards[n][1])) for n in sent]
-            statuses = await self._call("apply_rewards", self._reward(keys, args))
+            items = [(rewards[n][0], float(rewards[n][1])) for n in sent]
+            if self.coalesce:
+                batcher = self._reward_batchers.get(exp)
+                if batcher is None:
+                    batcher = self._reward_batchers[exp] = Coalescer(
+                        lambda batch: self._reward_now(exp, batch)
+                    )
+                statuses = await batcher.submit(items)
+            else:
+                statuses = await self._reward_now(exp, items)
             for n, status in zip(sent, statuses, strict=True):
                 out[n] = RewardOutcome(status)
         return [o for o in out if o is not None]
+
+    async def _reward_now(
+        self, exp: ExperimentSettings, items: list[tuple[str, float]]
+    ) -> list[str]:
+        """Apply in one script call."""
+        now = self.clock()
+        prefix, totals, due = experiment_keys(exp.name)
+        bucket, bucket_expire = self._bucket_key(exp, now)
+        keys = [totals, due, bucket, *(f"{prefix}:ev:{e}" for e, _ in items)]
+        args: list[Any] = [_ms(now), repr(exp.low), repr(exp.high), bucket_expire]
+        args += [repr(r) for _, r in items]
+        return cast(list[str], await self._call("apply_rewards", self._reward(keys, args)))
 
     async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:
         prefix, totals, due = experiment_keys(exp.name)

@@ -1,30 +1,72 @@
--- Shared helpers, prepended to every script of this folder when it is registered.
+-- Shared helpers, put after the shebang line and before each script of this folder.
 -- Keys of one experiment carry its {name} hash tag, so a script never crosses slots.
 -- Arm statistics live in hashes with fields "<arm>:<stat>"; rewards are fixed-point
--- integers of 1e-6 ("units"), formatted with %.0f so Redis sees an exact integer.
+-- integers of 1e-6 ("units"). Every script runs in two passes: all checks first, then
+-- all writes, so a script that is refused or fails never leaves half its writes behind
+-- (the "#!lua" shebang makes Redis refuse it up front when memory is short).
 
 local function fmt_int(x)
   return string.format('%.0f', x)
 end
 
 local function units(r)
-  return fmt_int(math.floor(r * 1000000 + 0.5))
+  return math.floor(r * 1000000 + 0.5)
 end
 
--- add to the totals hash and to the current time bucket
-local function bump(totals, bucket, arm, stat, by)
-  redis.call('HINCRBY', totals, arm .. ':' .. stat, by)
-  redis.call('HINCRBY', bucket, arm .. ':' .. stat, by)
+-- Per-arm deltas gathered during the check pass and written in one go at the end.
+local Deltas = {}
+Deltas.__index = Deltas
+
+local function new_deltas()
+  return setmetatable({arms = {}}, Deltas)
 end
 
-local function bump_float(totals, bucket, arm, stat, by)
-  redis.call('HINCRBYFLOAT', totals, arm .. ':' .. stat, by)
-  redis.call('HINCRBYFLOAT', bucket, arm .. ':' .. stat, by)
+function Deltas:add(arm, stat, by)
+  local a = self.arms[arm]
+  if not a then
+    a = {}
+    self.arms[arm] = a
+  end
+  a[stat] = (a[stat] or 0) + by
 end
 
-local function add_reward(totals, bucket, arm, r)
-  bump(totals, bucket, arm, 'pending', -1)
-  bump(totals, bucket, arm, 'rewards', 1)
-  bump(totals, bucket, arm, 'units', units(r))
-  bump_float(totals, bucket, arm, 'sq', string.format('%.17g', r * r))
+function Deltas:reward(arm, r)
+  self:add(arm, 'rewards', 1)
+  self:add(arm, 'units', units(r))
+  self:add(arm, 'sq', r * r)
+end
+
+-- Refuse (before any write) when a running unit total would leave the exact range.
+function Deltas:check_range(totals)
+  for arm, a in pairs(self.arms) do
+    if a.units then
+      local cur = tonumber(redis.call('HGET', totals, arm .. ':units') or '0')
+      if math.abs(a.units) > 2 ^ 52 or math.abs(cur) + math.abs(a.units) > 9.0e18 then
+        return redis.error_reply('reward sum of arm ' .. arm .. ' would overflow')
+      end
+    end
+  end
+  return nil
+end
+
+function Deltas:write(totals, bucket, bucket_expire_at)
+  local any = false
+  for arm, a in pairs(self.arms) do
+    for stat, by in pairs(a) do
+      local field = arm .. ':' .. stat
+      if stat == 'sq' then
+        local v = string.format('%.17g', by)
+        redis.call('HINCRBYFLOAT', totals, field, v)
+        redis.call('HINCRBYFLOAT', bucket, field, v)
+      else
+        local v = fmt_int(by)
+        redis.call('HINCRBY', totals, field, v)
+        redis.call('HINCRBY', bucket, field, v)
+      end
+      any = true
+    end
+  end
+  if any then
+    redis.call('PEXPIREAT', bucket, bucket_expire_at)
+  end
 end

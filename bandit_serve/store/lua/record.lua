@@ -7,22 +7,24 @@
 -- Returns the number of decisions written.
 local totals, due, bucket = KEYS[1], KEYS[2], KEYS[3]
 local now, deadline = ARGV[1], ARGV[2]
+local deltas = new_deltas()
+local fresh = {}
+for i = 4, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 and not fresh[KEYS[i]] then
+    fresh[KEYS[i]] = i
+    deltas:add(ARGV[5 + (i - 4) * 2], 'pulls', 1)
+  end
+end
 local written = 0
 for i = 4, #KEYS do
   local key = KEYS[i]
-  local arm = ARGV[5 + (i - 4) * 2]
-  local p = ARGV[6 + (i - 4) * 2]
-  if redis.call('EXISTS', key) == 0 then
+  if fresh[key] == i then
+    local arm, p = ARGV[5 + (i - 4) * 2], ARGV[6 + (i - 4) * 2]
     redis.call('HSET', key, 'arm', arm, 'p', p, 't', now, 'dl', deadline, 'st', 'p')
     redis.call('PEXPIREAT', key, ARGV[3])
-    local event_id = string.match(key, ':ev:(.*)$')
-    redis.call('ZADD', due, deadline, event_id .. ':' .. arm)
-    bump(totals, bucket, arm, 'pulls', 1)
-    bump(totals, bucket, arm, 'pending', 1)
+    redis.call('ZADD', due, deadline, string.match(key, ':ev:(.*)$') .. ':' .. arm)
     written = written + 1
   end
 end
-if written > 0 then
-  redis.call('PEXPIREAT', bucket, ARGV[4])
-end
+deltas:write(totals, bucket, ARGV[4])
 return written

@@ -2,13 +2,14 @@
 -- KEYS: totals, due, bucket, then one key per event.
 -- ARGV: now_ms, low, high, bucket_expire_at_ms, then one reward (a number as text) per
 --       event key.
--- For each event every check comes before its first write; the arm comes from the stored
--- decision. Returns one status per event: applied, duplicate, unknown, expired, invalid.
+-- The arm comes from the stored decision. Returns one status per event, in order:
+-- applied, duplicate, unknown, expired or invalid.
 local totals, due, bucket = KEYS[1], KEYS[2], KEYS[3]
 local now = tonumber(ARGV[1])
 local low, high = tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
-local touched = false
+local out, apply = {}, {}
+local deltas = new_deltas()
+local taken = {}
 for i = 4, #KEYS do
   local key = KEYS[i]
   local r = tonumber(ARGV[i + 1])
@@ -20,21 +21,27 @@ for i = 4, #KEYS do
     local arm, dl, st = rec[1], rec[2], rec[3]
     if not arm then
       status = 'unknown'
-    elseif st == 'r' then
+    elseif st == 'r' or taken[key] then
       status = 'duplicate'
     elseif st ~= 'p' or now > tonumber(dl) then
       status = 'expired'
     else
       status = 'applied'
-      redis.call('HSET', key, 'st', 'r')
-      redis.call('ZREM', due, string.match(key, ':ev:(.*)$') .. ':' .. arm)
-      add_reward(totals, bucket, arm, r)
-      touched = true
+      taken[key] = true
+      apply[#apply + 1] = {key, arm}
+      deltas:reward(arm, r)
     end
   end
   out[#out + 1] = status
 end
-if touched then
-  redis.call('PEXPIREAT', bucket, ARGV[4])
+local refused = deltas:check_range(totals)
+if refused then
+  return refused
 end
+-- writes
+for _, a in ipairs(apply) do
+  redis.call('HSET', a[1], 'st', 'r')
+  redis.call('ZREM', due, string.match(a[1], ':ev:(.*)$') .. ':' .. a[2])
+end
+deltas:write(totals, bucket, ARGV[4])
 return out

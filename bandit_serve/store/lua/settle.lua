@@ -3,35 +3,45 @@
 -- ARGV: now_ms, mode ("default" or "drop"), default reward, bucket_expire_at_ms, then one
 --       due-set member ("<event_id>:<arm>") per event key.
 -- A member no longer in the due set was rewarded or settled by someone else: skipped.
--- Returns {defaulted, dropped}.
+-- A member whose decision record has already expired is still settled (its arm is in
+-- the member). Returns {defaulted, dropped}.
 local totals, due, bucket = KEYS[1], KEYS[2], KEYS[3]
 local now, mode = tonumber(ARGV[1]), ARGV[2]
 local default = tonumber(ARGV[3])
-local defaulted, dropped = 0, 0
+local deltas = new_deltas()
+local todo = {}
+local seen = {}
 for i = 4, #KEYS do
   local key, member = KEYS[i], ARGV[i + 1]
   local score = redis.call('ZSCORE', due, member)
-  if score and tonumber(score) < now then
+  if score and tonumber(score) < now and not seen[member] then
+    seen[member] = true
     local arm = string.match(member, '^[^:]*:(.*)$')
     local st = redis.call('HGET', key, 'st')
-    redis.call('ZREM', due, member)
+    todo[#todo + 1] = {key, member, st}
     if st == false or st == 'p' then
-      if st == 'p' then
-        redis.call('HSET', key, 'st', mode == 'drop' and 'x' or 'd')
-      end
       if mode == 'drop' then
-        bump(totals, bucket, arm, 'pending', -1)
-        bump(totals, bucket, arm, 'dropped', 1)
-        dropped = dropped + 1
+        deltas:add(arm, 'dropped', 1)
       else
-        add_reward(totals, bucket, arm, default)
-        bump(totals, bucket, arm, 'defaulted', 1)
-        defaulted = defaulted + 1
+        deltas:reward(arm, default)
+        deltas:add(arm, 'defaulted', 1)
       end
     end
   end
 end
-if defaulted + dropped > 0 then
-  redis.call('PEXPIREAT', bucket, ARGV[4])
+local refused = deltas:check_range(totals)
+if refused then
+  return refused
 end
+local defaulted, dropped = 0, 0
+for _, t in ipairs(todo) do
+  redis.call('ZREM', due, t[2])
+  if t[3] == 'p' then
+    redis.call('HSET', t[1], 'st', mode == 'drop' and 'x' or 'd')
+  end
+  if t[3] == false or t[3] == 'p' then
+    if mode == 'drop' then dropped = dropped + 1 else defaulted = defaulted + 1 end
+  end
+end
+deltas:write(totals, bucket, ARGV[4])
 return {defaulted, dropped}
