@@ -337,7 +337,8 @@ class AppConfig(_Strict):
 
 # -- loading -----------------------------------------------------------------------
 
-_TAGS = {"policy": set(POLICY_KINDS), "model": {"sklearn", "callable"}}
+# Tags of discriminated unions: pydantic puts them in an error's location; we drop them.
+UNION_TAGS = {*POLICY_KINDS, "sklearn", "callable", "bernoulli", "gaussian", "none", "exponential"}
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -346,7 +347,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     prev: int | str | None = None
     for part in loc:
-        if isinstance(prev, str) and isinstance(part, str) and part in _TAGS.get(prev, ()):
+        if prev is not None and isinstance(part, str) and part in UNION_TAGS:
             prev = part
             continue  # the union's tag, not a field
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
@@ -362,7 +363,9 @@ def format_validation_error(source: str, err: ValidationError) -> str:
         if e["type"] == "union_tag_invalid":
             kind = e["input"].get("kind")
             msg = f"unknown kind {kind!r}; expected one of {e['ctx']['expected_tags']}"
-        lines.append(f"{source}: {_loc(tuple(e['loc']))}: {msg}")
+        loc = tuple(e["loc"])
+        # a whole-file check names its fields in its own message
+        lines.append(f"{source}: {_loc(loc)}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
 

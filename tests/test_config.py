@@ -163,7 +163,7 @@ BAD_FILES: list[tuple[str, str, str]] = [
     (
         "duplicate experiments",
         "experiments:\n" + experiment().split("\n", 1)[1] * 2,
-        r"\(top level\): experiment names must be unique; repeated: exp1",
+        r"yaml: experiment names must be unique; repeated: exp1",
     ),
     (
         "negative sync",

@@ -13,6 +13,7 @@ from bandit_serve.policies.base import (
     IntArray,
     Policy,
     random_argmax,
+    row_sums,
     tie_share,
 )
 
@@ -52,9 +53,9 @@ class EpsilonGreedy(Policy):
 
     def rate(self, stats: ArmStats) -> FloatArray:
         """Exploration rate per row, shape ``(B, 1)``."""
-        t = stats.count.sum(axis=1, keepdims=True)
         if self.decay_after is None:
-            return np.full_like(t, self.epsilon)
+            return np.full((stats.shape[0], 1), self.epsilon)
+        t = row_sums(stats.count)[:, None]
         return np.asarray(
             self.epsilon * np.minimum(1.0, self.decay_after / np.maximum(t, 1.0)),
             dtype=np.float64,
@@ -62,7 +63,11 @@ class EpsilonGreedy(Policy):
 
     @staticmethod
     def _scores(stats: ArmStats) -> FloatArray:
-        return np.where(stats.count > 0, stats.means(), np.inf)
+        scores = stats.means()
+        unseen = stats.count == 0
+        if unseen.any():
+            scores[unseen] = np.inf
+        return scores
 
     def _probabilities(self, stats: ArmStats, rng: np.random.Generator) -> FloatArray:
         eps = self.rate(stats)
@@ -71,6 +76,7 @@ class EpsilonGreedy(Policy):
 
     def _choose(self, stats: ArmStats, rng: np.random.Generator) -> IntArray:
         b, k = stats.shape
-        greedy = random_argmax(self._scores(stats), rng)
-        explore = rng.random(b) < self.rate(stats)[:, 0]
-        return np.where(explore, rng.integers(0, k, size=b), greedy)
+        arms = random_argmax(self._scores(stats), rng)
+        explore = np.flatnonzero(rng.random(b) < self.rate(stats)[:, 0])
+        arms[explore] = rng.integers(0, k, size=len(explore))
+        return arms

@@ -13,6 +13,7 @@ from bandit_serve.policies.base import (
     IntArray,
     Policy,
     random_argmax,
+    row_sums,
     tie_share,
 )
 
@@ -27,10 +28,11 @@ def ucb1_index(stats: ArmStats, alpha: float = 2.0) -> FloatArray:
     Arms without a reward score +inf, so every arm is tried first.
     """
     n = stats.count
-    t = np.maximum(n.sum(axis=1, keepdims=True), 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        idx = stats.total / n + np.sqrt(alpha * np.log(t) / n)
-    return np.where(n > 0, idx, np.inf)
+    log_t = np.log(np.maximum(row_sums(n), 1.0))[:, None] * alpha
+    # (total + sqrt(alpha ln t n)) / n = mean + sqrt(alpha ln t / n); +inf where n = 0
+    idx = np.full(n.shape, np.inf)
+    np.divide(stats.total + np.sqrt(log_t * n), n, out=idx, where=n > 0)
+    return idx
 
 
 def kl_bernoulli(p: FloatArray, q: FloatArray) -> FloatArray:
@@ -51,8 +53,7 @@ def kl_ucb_index(stats: ArmStats, c: float = 0.0, iterations: int = 12) -> Float
     to the root. Arms without a reward score +inf.
     """
     n = stats.count
-    t = np.maximum(n.sum(axis=1, keepdims=True), 1.0)
-    log_t = np.log(t)
+    log_t = np.log(np.maximum(row_sums(n), 1.0))[:, None]
     budget = log_t + (c * np.log(np.maximum(log_t, 1.0)) if c else 0.0)
     seen = n > 0
     n_safe = np.where(seen, n, 1.0)
@@ -69,12 +70,13 @@ def kl_ucb_index(stats: ArmStats, c: float = 0.0, iterations: int = 12) -> Float
         entropy_part = np.where(p > 0, p * np.log(p), 0.0) + np.where(
             p < 1, (1 - p) * np.log1p(-np.minimum(p, 1.0 - _EPS)), 0.0
         )
-    for _ in range(iterations):
-        q = -np.expm1(-y)
-        log_q = np.log1p(-np.exp(-y))
-        f = entropy_part - p * log_q + (1 - p) * y - rhs
-        slope = (q - p) / np.maximum(q, _EPS)
-        y = y - np.where(slope > 0, f / np.maximum(slope, _EPS), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows with t = 1 give y = 0
+        for _ in range(iterations):
+            q = -np.expm1(-y)
+            log_q = np.log1p(-np.exp(-y))
+            f = entropy_part - p * log_q + (1 - p) * y - rhs
+            slope = (q - p) / np.maximum(q, _EPS)
+            y = y - np.where(slope > 0, f / np.maximum(slope, _EPS), 0.0)
     q = np.clip(-np.expm1(-y), p, 1.0)
     q = np.where(p >= 1.0, 1.0, q)
     q = np.where(rhs <= 0, p, q)
