@@ -118,5 +118,73 @@ def simulate(
         typer.echo(f"wrote {out}/summary.json, regret.csv, regret.png, share.png")
 
 
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment config file (YAML).")],
+    host: Annotated[str, typer.Option(help="HTTP host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Redis URL (else REDIS_URL, else the config, else local)."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster instead of starting one.")
+    ] = None,
+    router_replicas: Annotated[int, typer.Option(min=1, help="BanditRouter replicas.")] = 2,
+) -> None:
+    """Serve the config's experiments on Ray Serve until Ctrl-C (redeploys on file change)."""
+    from bandit_serve.errors import BanditServeError
+    from bandit_serve.service.runner import run_service
+
+    try:
+        run_service(
+            config,
+            host=host,
+            port=port,
+            redis_url=redis_url,
+            address=address,
+            router_replicas=router_replicas,
+        )
+    except BanditServeError as err:
+        raise fail(str(err)) from None
+
+
+@app.command()
+def loadgen(
+    url: Annotated[str, typer.Option(help="Service URL.")] = "http://127.0.0.1:8000",
+    experiment: Annotated[str, typer.Option(help="Experiment name.")] = "digits",
+    requests: Annotated[int, typer.Option(min=1, help="Predictions to send.")] = 3000,
+    rate: Annotated[float, typer.Option(min=0.1, help="Requests per second.")] = 100.0,
+    concurrency: Annotated[int, typer.Option(min=1)] = 16,
+    max_delay: Annotated[float, typer.Option(help="Rewards arrive after 0..this seconds.")] = 2.0,
+    miss_rate: Annotated[float, typer.Option(min=0, max=1, help="Share never rewarded.")] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Act as the demo's application: send digits, post rewards later, show traffic."""
+    import asyncio
+
+    from bandit_serve.loadgen import run_loadgen
+
+    res = asyncio.run(
+        run_loadgen(
+            url,
+            experiment,
+            requests=requests,
+            rate=rate,
+            concurrency=concurrency,
+            max_delay=max_delay,
+            miss_rate=miss_rate,
+            seed=seed,
+            live=sys.stdout.isatty(),
+        )
+    )
+    recent = {a: res.recent.count(a) / max(1, len(res.recent)) for a in sorted(res.arms)}
+    typer.echo(
+        "traffic share over the last 500 requests: "
+        + ", ".join(f"{a} {s:.1%}" for a, s in recent.items())
+        + f"; failed requests: {res.failed}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -396,5 +396,22 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_config(path: str | Path) -> AppConfig:
-    """Read and validate an experiment config file."""
-    return parse_config(AppConfig, read_yaml(path), str(path))
+    """Read and validate an experiment config file.
+
+    Relative model file paths are taken relative to the config file and made absolute
+    (model replicas do not share the caller's working directory).
+    """
+    cfg = parse_config(AppConfig, read_yaml(path), str(path))
+    base = Path(path).resolve().parent
+    experiments = []
+    for exp in cfg.experiments:
+        arms = [
+            a.model_copy(
+                update={"model": a.model.model_copy(update={"path": str(base / a.model.path)})}
+            )
+            if isinstance(a.model, SklearnModel) and not Path(a.model.path).is_absolute()
+            else a
+            for a in exp.arms
+        ]
+        experiments.append(exp.model_copy(update={"arms": arms}))
+    return cfg.model_copy(update={"experiments": experiments})

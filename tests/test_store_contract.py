@@ -140,6 +140,7 @@ async def test_late_reward_is_expired_and_settle_applies_default_once(
     assert await store.apply_reward(exp, a.event_id, 2.0) == D
     snap = await store.snapshot(exp.name)
     assert snap["a"].rewards == 2 and snap["a"].defaulted == 1 and snap["a"].pending == 0
+    assert (snap["a"].late, snap["a"].duplicates) == (2, 1)
     assert snap["a"].reward_sum == 2.25
     assert snap["b"].rewards == 1 and snap["b"].defaulted == 0
 
@@ -209,3 +210,17 @@ async def test_experiments_are_isolated(store: Store, exp: ExperimentSettings) -
     other = ExperimentSettings(exp.name + "-other", low=-1.0, high=5.0)
     assert await store.apply_reward(other, a.event_id, 1.0) == U
     assert await store.snapshot(other.name) == {}
+
+
+async def test_cancelled_decision_waits_for_nothing_and_counts_as_error(
+    store: Store, exp: ExperimentSettings, clock: ManualClock
+) -> None:
+    a, b = await store.record_decisions(exp, ["a", "a"], [0.5, 0.5])
+    assert await store.apply_reward(exp, b.event_id, 1.0) == A
+    assert await store.cancel_decisions(exp, [a.event_id, a.event_id, b.event_id, "0" * 32]) == 1
+    assert await store.cancel_decisions(exp, [a.event_id]) == 0
+    snap = await store.snapshot(exp.name)
+    assert (snap["a"].pulls, snap["a"].rewards, snap["a"].errors, snap["a"].pending) == (2, 1, 1, 0)
+    assert await store.apply_reward(exp, a.event_id, 1.0) == E  # no reward for a failed call
+    clock.advance(120)
+    assert await store.settle_expired(exp) == SettleReport()  # nothing left to settle

@@ -124,6 +124,8 @@ class ArmTotals:
     defaulted: int = 0
     dropped: int = 0
     errors: int = 0
+    duplicates: int = 0  # rewards refused because the decision already had one
+    late: int = 0  # rewards refused because the wait window had passed
 
     @property
     def pending(self) -> int:
@@ -183,6 +185,11 @@ class Store(ABC):
         self, exp: ExperimentSettings, rewards: Sequence[tuple[str, float]]
     ) -> list[RewardOutcome]:
         """Apply ``(event_id, reward)`` pairs in order, each exactly once, atomically."""
+
+    @abstractmethod
+    async def cancel_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
+        """Withdraw decisions whose model call failed: each still waiting for a reward
+        stops waiting and counts as an error of its arm. Returns how many were cancelled."""
 
     @abstractmethod
     async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:

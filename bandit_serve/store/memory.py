@@ -30,7 +30,7 @@ class _Event:
     decided_at: float
     deadline: float
     expires_at: float
-    state: str = "pending"  # pending | rewarded | defaulted | dropped
+    state: str = "pending"  # pending | rewarded | defaulted | dropped | cancelled
 
 
 @dataclass
@@ -100,8 +100,12 @@ class MemoryStore(Store):
                     out.append(RewardOutcome.UNKNOWN)
                 elif ev.state == "rewarded":
                     out.append(RewardOutcome.DUPLICATE)
+                    for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
+                        t.duplicates += 1
                 elif ev.state != "pending" or now > ev.deadline:
                     out.append(RewardOutcome.EXPIRED)
+                    for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
+                        t.late += 1
                 else:
                     ev.state = "rewarded"
                     for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
@@ -110,6 +114,20 @@ class MemoryStore(Store):
                         t.reward_sq += reward * reward
                     out.append(RewardOutcome.APPLIED)
             return out
+
+    async def cancel_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
+        async with self._lock:
+            now = self.clock()
+            e = self._exp(exp.name)
+            n = 0
+            for eid in dict.fromkeys(event_ids):
+                ev = self._live(e, eid, now)
+                if ev is not None and ev.state == "pending":
+                    ev.state = "cancelled"
+                    for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
+                        t.errors += 1
+                    n += 1
+            return n
 
     async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:
         async with self._lock:

@@ -38,6 +38,7 @@ __all__ = ["RedisStore", "experiment_keys"]
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _INT_STATS = {"pulls", "rewards", "defaulted", "dropped", "errors"}
+_RENAMED = {"dup": "duplicates", "late": "late"}
 T = TypeVar("T")
 
 
@@ -71,6 +72,8 @@ def _parse_arms(raw: dict[str, str]) -> dict[str, ArmTotals]:
             t.reward_sq = float(value)
         elif stat in _INT_STATS:
             setattr(t, stat, int(value))
+        elif stat in _RENAMED:
+            setattr(t, _RENAMED[stat], int(value))
     return out
 
 
@@ -93,6 +96,7 @@ class RedisStore(Store):
         self._record: AsyncScript = client.register_script(_script_source("record"))
         self._reward: AsyncScript = client.register_script(_script_source("reward"))
         self._settle: AsyncScript = client.register_script(_script_source("settle"))
+        self._cancel: AsyncScript = client.register_script(_script_source("cancel"))
 
     @classmethod
     def from_url(
@@ -218,6 +222,18 @@ class RedisStore(Store):
         args: list[Any] = [_ms(now), repr(exp.low), repr(exp.high), bucket_expire]
         args += [repr(r) for _, r in items]
         return cast(list[str], await self._call("apply_rewards", self._reward(keys, args)))
+
+    async def cancel_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
+        ids = [e for e in event_ids if _EVENT_ID.match(e)]
+        if not ids:
+            return 0
+        now = self.clock()
+        prefix, totals, due = experiment_keys(exp.name)
+        bucket, bucket_expire = self._bucket_key(exp, now)
+        keys = [totals, due, bucket, *(f"{prefix}:ev:{e}" for e in ids)]
+        return int(
+            await self._call("cancel_decisions", self._cancel(keys, [_ms(now), bucket_expire]))
+        )
 
     async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:
         prefix, totals, due = experiment_keys(exp.name)

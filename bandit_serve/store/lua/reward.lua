@@ -23,8 +23,10 @@ for i = 4, #KEYS do
       status = 'unknown'
     elseif st == 'r' or taken[key] then
       status = 'duplicate'
+      deltas:add(arm, 'dup', 1)
     elseif st ~= 'p' or now > tonumber(dl) then
       status = 'expired'
+      deltas:add(arm, 'late', 1)
     else
       status = 'applied'
       taken[key] = true

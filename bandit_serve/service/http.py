@@ -1,0 +1,179 @@
+"""The HTTP API (FastAPI). Routes only translate between HTTP and :class:`BanditService`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bandit_serve.errors import StoreError, UnknownExperimentError
+from bandit_serve.service import metrics
+from bandit_serve.service.core import BanditService, ModelError
+from bandit_serve.store import RewardOutcome
+
+__all__ = ["MAX_REWARD_BATCH", "create_api"]
+
+MAX_REWARD_BATCH = 1000
+STATUS_CODES = {
+    RewardOutcome.APPLIED: 200,
+    RewardOutcome.DUPLICATE: 409,
+    RewardOutcome.UNKNOWN: 404,
+    RewardOutcome.EXPIRED: 410,
+    RewardOutcome.INVALID: 422,
+}
+REASONS = {
+    RewardOutcome.APPLIED: "counted",
+    RewardOutcome.DUPLICATE: "this event already has a reward; nothing changed",
+    RewardOutcome.UNKNOWN: "no such decision (never made, or its record expired)",
+    RewardOutcome.EXPIRED: "the reward wait window has passed; nothing changed",
+    RewardOutcome.INVALID: "the reward is not a finite number within the experiment's bounds",
+}
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: Any = Field(description="What the model takes, e.g. a row of features.")
+    unit_id: str | None = Field(None, max_length=256)
+    context: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _inputs_given(self) -> PredictRequest:
+        if self.inputs is None:
+            raise ValueError("inputs is required")
+        return self
+
+
+class PredictResponse(BaseModel):
+    event_id: str
+    arm: str
+    prediction: Any
+    propensity: float
+
+
+class RewardItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: str = Field(max_length=128)
+    reward: float  # NaN and infinities are answered 422 "invalid" by the store's check
+
+
+class RewardBody(BaseModel):
+    """Either one reward ``{event_id, reward}`` or a batch ``{rewards: [...]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_id: str | None = Field(None, max_length=128)
+    reward: float | None = None
+    rewards: list[RewardItem] | None = Field(None, max_length=MAX_REWARD_BATCH)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RewardBody:
+        single = self.event_id is not None or self.reward is not None
+        if single == (self.rewards is not None):
+            raise ValueError("send either {event_id, reward} or {rewards: [...]}")
+        if single and (self.event_id is None or self.reward is None):
+            raise ValueError("a single reward needs both event_id and reward")
+        return self
+
+
+def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
+    """The FastAPI app; ``get_service`` returns the service of this process."""
+    api = FastAPI(
+        title="bandit-serve",
+        version="0.1.0",
+        description="Model versions as arms of a bandit, with delayed rewards counted once.",
+    )
+
+    @api.exception_handler(UnknownExperimentError)
+    async def _unknown(_: Request, err: UnknownExperimentError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=404)
+
+    @api.exception_handler(StoreError)
+    async def _store(_: Request, err: StoreError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"state store unavailable, nothing was recorded; retry: {err}"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @api.exception_handler(ModelError)
+    async def _model(_: Request, err: ModelError) -> JSONResponse:
+        return JSONResponse({"detail": str(err), "arm": err.arm}, status_code=502)
+
+    @api.post("/v1/experiments/{name}/predict", response_model=PredictResponse)
+    async def predict(name: str, body: PredictRequest) -> PredictResponse:
+        started = time.perf_counter()
+        router = get_service().router(name)
+        p = await router.predict(body.inputs)
+        metrics.decision_latency.labels(name).observe(time.perf_counter() - started)
+        return PredictResponse(
+            event_id=p.event_id, arm=p.arm, prediction=p.prediction, propensity=p.propensity
+        )
+
+    @api.post(
+        "/v1/experiments/{name}/rewards",
+        responses={409: {}, 404: {}, 410: {}, 422: {}, 503: {}},
+    )
+    async def rewards(name: str, body: Annotated[RewardBody, Body()]) -> JSONResponse:
+        router = get_service().router(name)
+        if body.rewards is None:
+            assert body.event_id is not None and body.reward is not None
+            (outcome,) = await router.post_rewards([(body.event_id, body.reward)])
+            return JSONResponse(
+                {"event_id": body.event_id, "status": outcome.value, "detail": REASONS[outcome]},
+                status_code=STATUS_CODES[outcome],
+            )
+        outcomes = await router.post_rewards([(r.event_id, r.reward) for r in body.rewards])
+        counts = {o.value: 0 for o in RewardOutcome}
+        for o in outcomes:
+            counts[o.value] += 1
+        return JSONResponse(
+            {
+                "results": [
+                    {"event_id": r.event_id, "status": o.value}
+                    for r, o in zip(body.rewards, outcomes, strict=True)
+                ],
+                "counts": counts,
+            }
+        )
+
+    @api.get("/v1/experiments")
+    async def list_experiments() -> dict[str, Any]:
+        service = get_service()
+        return {"experiments": [await r.describe() for r in service.routers.values()]}
+
+    @api.get("/v1/experiments/{name}")
+    async def get_experiment(name: str) -> dict[str, Any]:
+        described: dict[str, Any] = _finite(await get_service().router(name).describe())
+        return described
+
+    @api.get("/metrics")
+    async def get_metrics() -> Response:
+        service = get_service()
+        described = [await r.describe() for r in service.routers.values()]
+        return Response(metrics.render(described), media_type="text/plain; version=0.0.4")
+
+    @api.get("/healthz")
+    async def healthz() -> JSONResponse:
+        service = get_service()
+        try:
+            await service.store.snapshot("__healthz__")
+        except StoreError as err:
+            return JSONResponse({"status": "unavailable", "detail": str(err)}, status_code=503)
+        return JSONResponse({"status": "ok", "experiments": sorted(service.routers)})
+
+    return api
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: replace non-finite floats by null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,70 @@
+"""Load the model behind an arm: a joblib-saved scikit-learn estimator or a callable.
+
+Model code runs only inside ModelVersion replicas (or in tests, in-process). A joblib
+file is unpickled, which runs code from the file: load trusted files only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandit_serve.config import CallableModel, SklearnModel
+
+__all__ = ["LoadedModel", "load_model"]
+
+
+class LoadedModel:
+    """A model ready to predict one input, or many at once (for ``@serve.batch``)."""
+
+    def __init__(self, ref: SklearnModel | CallableModel) -> None:
+        self.ref = ref
+        if isinstance(ref, SklearnModel):
+            import joblib
+
+            path = Path(ref.path)
+            if not path.is_file():
+                raise FileNotFoundError(f"model file {path} does not exist")
+            self._estimator: Any = joblib.load(path)
+            self._fn: Callable[[Any], Any] | None = None
+        else:
+            module_name, _, attr = ref.target.partition(":")
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            if not callable(obj):
+                raise TypeError(f"{ref.target} is not callable")
+            self._fn = obj
+            self._estimator = None
+
+    def predict(self, inputs: Any) -> Any:
+        """Prediction for one request's ``inputs`` (a row of features, or a list of rows)."""
+        if self._fn is not None:
+            return self._fn(inputs)
+        x = np.asarray(inputs, dtype=np.float64)
+        single = x.ndim == 1
+        y = self._estimator.predict(x.reshape(1, -1) if single else x)
+        out = y.tolist()
+        return out[0] if single else out
+
+    async def apredict(self, inputs: Any) -> Any:
+        """:meth:`predict`, awaiting the result when the callable is async."""
+        out = self.predict(inputs)
+        return await out if inspect.isawaitable(out) else out
+
+    def predict_many(self, batch: Sequence[Any]) -> list[Any]:
+        """Predictions for several requests; one estimator call when all are single rows."""
+        if self._estimator is not None and batch:
+            rows = [np.asarray(b, dtype=np.float64) for b in batch]
+            if all(r.ndim == 1 and r.shape == rows[0].shape for r in rows):
+                return list(self._estimator.predict(np.stack(rows)).tolist())
+        return [self.predict(b) for b in batch]
+
+
+def load_model(ref: SklearnModel | CallableModel) -> LoadedModel:
+    return LoadedModel(ref)

@@ -1,0 +1,153 @@
+"""Ray Serve wiring: one ModelVersion deployment per arm, a BanditRouter ingress.
+
+Only wiring lives here; the logic is in :mod:`bandit_serve.service.core`. The typed app
+builder :func:`build_app` serves ``serve run``/``serve deploy`` (see
+``deployments/serve.yaml``) and ``bandit-serve run``.
+
+The experiment config travels as the router's ``user_config``: changing a policy or its
+parameters reconfigures router replicas in place. Adding or removing an arm adds or
+removes a ModelVersion deployment and changes the router's handles, so Serve rolls the
+router replicas (gracefully); every statistic lives in Redis, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from bandit_serve.config import AppConfig, CallableModel, SklearnModel, load_config
+from bandit_serve.service import metrics, replica_state
+from bandit_serve.service.core import BanditService
+from bandit_serve.service.http import create_api
+from bandit_serve.service.models import LoadedModel
+from bandit_serve.store import RedisStore
+
+__all__ = ["AppArgs", "BanditRouter", "ModelVersion", "build_app", "model_deployment_name"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+api: FastAPI = create_api(replica_state.get)
+
+
+@api.middleware("http")
+async def _replica_header(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Name the answering replica process (operators and tests see the spread)."""
+    response = await call_next(request)
+    response.headers["x-bandit-replica"] = str(os.getpid())
+    return response
+
+
+def model_deployment_name(experiment: str, arm: str) -> str:
+    return f"model-{experiment}-{arm}"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
+class ModelVersion:
+    """Hosts one arm's model. With ``max_batch_size > 1`` concurrent calls are batched."""
+
+    def __init__(self, model: dict[str, Any], max_batch_size: int, batch_wait_s: float) -> None:
+        ref: SklearnModel | CallableModel = (
+            SklearnModel.model_validate(model)
+            if model["kind"] == "sklearn"
+            else CallableModel.model_validate(model)
+        )
+        self.model = LoadedModel(ref)
+        self.batching = max_batch_size > 1
+        if self.batching:
+            batched: Any = self._batched  # serve.batch adds these setters
+            batched.set_max_batch_size(max_batch_size)
+            batched.set_batch_wait_timeout_s(batch_wait_s)
+
+    async def __call__(self, inputs: Any) -> Any:
+        if self.batching:
+            return await self._batched(inputs)
+        return await self.model.apredict(inputs)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def _batched(self, batch: list[Any]) -> list[Any]:
+        return self.model.predict_many(batch)
+
+
+class _HandleCaller:
+    """:class:`ModelCaller` over Serve deployment handles, keyed ``experiment/arm``."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle[Any]]) -> None:
+        self.handles = handles
+
+    async def __call__(self, experiment: str, arm: str, inputs: Any) -> Any:
+        return await self.handles[f"{experiment}/{arm}"].remote(inputs)
+
+
+def _observe(experiment: str, arm: str, seconds: float, failed: bool) -> None:
+    metrics.model_latency.labels(experiment, arm).observe(seconds)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
+class BanditRouter:
+    """The ingress: the HTTP API over a :class:`BanditService` on Redis."""
+
+    def __init__(
+        self, handles: dict[str, DeploymentHandle[Any]], redis_url: str, model_timeout: float
+    ) -> None:
+        self.store = RedisStore.from_url(redis_url)
+        self.caller = _HandleCaller(handles)
+        self.model_timeout = model_timeout
+        self.service: BanditService | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A new experiment config (validated by pydantic) applied in place."""
+        cfg = AppConfig.model_validate(user_config)
+        if self.service is None:
+            self.service = BanditService(
+                cfg, self.store, self.caller, model_timeout=self.model_timeout, observe=_observe
+            )
+        else:
+            self.service.reconfigure(cfg)
+        replica_state.service = self.service
+
+
+class AppArgs(BaseModel):
+    """Arguments of the app builder (``serve run ...:build_app config=...``)."""
+
+    config: str = Field(description="Experiment config file (YAML).")
+    redis_url: str | None = Field(None, description="Overrides REDIS_URL and the config.")
+    router_replicas: int = Field(2, ge=1)
+    max_ongoing_requests: int = Field(100, ge=1, description="Per router replica.")
+    max_queued_requests: int = Field(
+        500, ge=-1, description="Beyond this, new requests get 503 (bounded queue)."
+    )
+    model_max_batch_size: int = Field(1, ge=1, description="> 1 batches model calls.")
+    model_batch_wait_s: float = Field(0.002, ge=0)
+    model_timeout_s: float = Field(30.0, gt=0)
+
+
+def resolve_redis_url(args_url: str | None, cfg: AppConfig) -> str:
+    return args_url or os.environ.get("REDIS_URL") or cfg.redis_url or DEFAULT_REDIS_URL
+
+
+def build_app(args: AppArgs) -> Application:
+    """The Serve application for a config file."""
+    cfg = load_config(args.config)
+    handles: dict[str, Any] = {}
+    for exp in cfg.experiments:
+        for arm in exp.arms:
+            handles[f"{exp.name}/{arm.name}"] = ModelVersion.options(  # type: ignore[attr-defined]
+                name=model_deployment_name(exp.name, arm.name),
+                num_replicas=arm.replicas,
+            ).bind(arm.model.model_dump(), args.model_max_batch_size, args.model_batch_wait_s)
+    return BanditRouter.options(  # type: ignore[attr-defined,no-any-return]
+        num_replicas=args.router_replicas,
+        user_config=cfg.model_dump(mode="json"),
+        max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_queued_requests,
+    ).bind(handles, resolve_redis_url(args.redis_url, cfg), args.model_timeout_s)
