@@ -16,7 +16,12 @@ import numpy as np
 
 from bandit_serve.config import CallableModel, SklearnModel
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "identity", "load_model"]
+
+
+def identity(inputs: Any) -> Any:
+    """A trivial model (returns its inputs): for benchmarks and smoke tests."""
+    return inputs
 
 
 class LoadedModel:
