@@ -186,5 +186,75 @@ def loadgen(
     )
 
 
+@app.command()
+def analyze(
+    name: Annotated[str, typer.Argument(help="Experiment name.")],
+    url: Annotated[str, typer.Option(help="Service URL.")] = "http://127.0.0.1:8000",
+    baseline: Annotated[str | None, typer.Option(help="Baseline arm (default: the first).")] = None,
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5)] = 0.05,
+) -> None:
+    """Print the statistical analysis of an experiment (GET .../analysis) as a table."""
+    import httpx
+    from rich.table import Table
+
+    params: dict[str, str | float] = {"alpha": alpha}
+    if baseline:
+        params["baseline"] = baseline
+    try:
+        r = httpx.get(
+            f"{url.rstrip('/')}/v1/experiments/{name}/analysis", params=params, timeout=30
+        )
+    except httpx.HTTPError as err:
+        raise fail(f"cannot reach {url}: {err}") from None
+    if r.status_code != 200:
+        raise fail(f"{r.status_code}: {r.json().get('detail', r.text)}")
+    rep = r.json()
+
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    table = Table(
+        title=f"{name}: each arm against {rep['baseline']} ({rep['test']}, alpha {rep['alpha']:g})"
+    )
+    for col in (
+        "arm",
+        "samples",
+        "mean",
+        "effect [CI]",
+        "p fixed*",
+        "p sequential",
+        "P(best)",
+        "exp. loss",
+        "IPW mean",
+    ):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for a in rep["arms"]:
+        effect = (
+            "-"
+            if a["effect"] is None
+            else (f"{a['effect']:+.4f} [{a['ci_low']:+.4f}, {a['ci_high']:+.4f}]")
+        )
+        table.add_row(
+            a["name"],
+            f"{a['samples']:,}",
+            num(a["mean"]),
+            effect,
+            num(a["p_value"]),
+            num(a["p_value_sequential"]),
+            num(a["p_best"], ".3f"),
+            num(a["expected_loss"]),
+            num(a["ipw_mean"]),
+        )
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    out.print(table)
+    out.print(f"sample ratio check: p = {rep['srm_p_value']:.3g}", highlight=False)
+    if rep["srm_warning"]:
+        out.print(f"[bold red]WARNING[/bold red] {rep['srm_warning']}")
+    for a in rep["arms"]:
+        if a["note"] and a["note"] != "baseline":
+            out.print(f"{a['name']}: {a['note']}", highlight=False)
+    out.print("* " + "\n* ".join(rep["notes"]), highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -11,7 +11,6 @@ the HTTP API: one reward per request, and batches of 1,000. Prints figures and t
 asserts nothing.
 """
 
-
 import argparse
 import asyncio
 import statistics

@@ -288,7 +288,7 @@ async def test_adding_an_arm_keeps_the_old_arms_statistics(harness: Harness, exp
     for _ in range(10):
         p = (await harness.predict(exp_name)).json()
         await harness.client.post(
-            f"/v1/experiments/{exp_name}/rewards", json={"event_id": p["event_id"], "reward": 1}
+            f"/v1/experiments/{exp_name}/rewards", json={"event_id": p["event_id"], "reward": 0}
         )
     before = await harness.state(exp_name)
     new_cfg = app_config(exp_name, {"a": "echo_a", "b": "echo_b", "c": "echo_b"})
@@ -300,4 +300,45 @@ async def test_adding_an_arm_keeps_the_old_arms_statistics(harness: Harness, exp
         assert after[arm]["reward_sum"] == before[arm]["reward_sum"]
     assert (after["c"]["pulls"], after["c"]["rewards"]) == (0, 0)
     arms = {(await harness.predict(exp_name)).json()["arm"] for _ in range(30)}
-    assert "c" in arms  # the new arm, at its prior, gets tried
+    assert "c" in arms  # the new arm, at its prior (mean 0.5 against ~0.1), gets tried
+
+
+async def test_analysis_endpoint_reports_per_arm_and_404s_unknown_baseline(
+    harness: Harness, exp_name: str
+) -> None:
+    url = f"/v1/experiments/{exp_name}/analysis"
+    empty = (await harness.client.get(url)).json()
+    assert empty["baseline"] == "a"
+    assert all(a["p_value"] is None for a in empty["arms"])  # too few samples, said, no NaN
+    assert "at least 2 rewards" in empty["arms"][1]["note"]
+    for _ in range(40):
+        p = (await harness.predict(exp_name)).json()
+        await harness.client.post(
+            f"/v1/experiments/{exp_name}/rewards",
+            json={"event_id": p["event_id"], "reward": 1 if p["arm"] == "b" else 0},
+        )
+    rep = (await harness.client.get(url, params={"baseline": "b"})).json()
+    assert rep["baseline"] == "b" and rep["adaptive"] is True
+    keys = {
+        "name",
+        "samples",
+        "mean",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "p_value_sequential",
+        "p_best",
+        "expected_loss",
+    }
+    for arm in rep["arms"]:
+        assert keys <= set(arm)
+    assert 0 <= rep["srm_p_value"] <= 1
+    a = next(x for x in rep["arms"] if x["name"] == "a")
+    state = await harness.state(exp_name)
+    assert a["samples"] == state["a"]["rewards"]
+    assert a["p_best"] < 0.5
+    r = await harness.client.get(url, params={"baseline": "zz"})
+    assert r.status_code == 404 and "no arm named 'zz'" in r.json()["detail"]
+    assert (await harness.client.get(url, params={"alpha": 2})).status_code == 422
+    assert (await harness.client.get("/v1/experiments/nope/analysis")).status_code == 404

@@ -224,3 +224,16 @@ async def test_cancelled_decision_waits_for_nothing_and_counts_as_error(
     assert await store.apply_reward(exp, a.event_id, 1.0) == E  # no reward for a failed call
     clock.advance(120)
     assert await store.settle_expired(exp) == SettleReport()  # nothing left to settle
+
+
+async def test_expected_counts_and_inverse_propensity_sums(
+    store: Store, exp: ExperimentSettings
+) -> None:
+    a = await store.record_decision(exp, "a", 0.25, {"a": 0.25, "b": 0.75})
+    b = await store.record_decision(exp, "b", 0.75, {"a": 0.25, "b": 0.75})
+    assert await store.apply_rewards(exp, [(a.event_id, 2.0), (b.event_id, 3.0)]) == [A, A]
+    snap = await store.snapshot(exp.name)
+    assert snap["a"].expected_pulls == pytest.approx(0.5)
+    assert snap["b"].expected_pulls == pytest.approx(1.5)
+    assert snap["a"].ipw_sum == pytest.approx(2.0 / 0.25)
+    assert snap["b"].ipw_sum == pytest.approx(3.0 / 0.75)

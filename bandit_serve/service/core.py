@@ -140,8 +140,9 @@ class ExperimentRouter:
         started = time.perf_counter()
         record: DecisionRecord | BaseException
         output: Any
+        expected = dict(zip(self.arms, self.frozen.probabilities.tolist(), strict=True))
         record, output = await asyncio.gather(
-            self.store.record_decision(self.settings, arm, propensity),
+            self.store.record_decision(self.settings, arm, propensity, expected),
             asyncio.wait_for(self.caller(self.settings.name, arm, inputs), self.model_timeout),
             return_exceptions=True,
         )
@@ -206,6 +207,15 @@ class ExperimentRouter:
             "low": low + width * float(lo),
             "high": low + width * float(hi),
         }
+
+    async def analysis(
+        self, baseline: str | None = None, alpha: float = 0.05, tau: float | None = None
+    ) -> dict[str, Any]:
+        """The statistical report (:func:`bandit_serve.stats.analyze`) on fresh totals."""
+        from bandit_serve.stats import analyze
+
+        totals = await self.store.snapshot(self.settings.name)
+        return analyze(self.cfg, totals, baseline=baseline, alpha=alpha, tau=tau)
 
     async def describe(self) -> dict[str, Any]:
         """The experiment as ``GET /v1/experiments/{name}`` shows it, read from the store."""

@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bandit_serve.errors import StoreError, UnknownExperimentError
 from bandit_serve.service import metrics
 from bandit_serve.service.core import BanditService, ModelError
+from bandit_serve.stats import UnknownArmError
 from bandit_serve.store import RewardOutcome
 
 __all__ = ["MAX_REWARD_BATCH", "create_api"]
@@ -149,6 +150,20 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
     async def get_experiment(name: str) -> dict[str, Any]:
         described: dict[str, Any] = _finite(await get_service().router(name).describe())
         return described
+
+    @api.get("/v1/experiments/{name}/analysis")
+    async def get_analysis(
+        name: str,
+        baseline: str | None = None,
+        alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+        tau: Annotated[float | None, Query(gt=0)] = None,
+    ) -> JSONResponse:
+        router = get_service().router(name)
+        try:
+            report = await router.analysis(baseline=baseline, alpha=alpha, tau=tau)
+        except UnknownArmError as err:
+            return JSONResponse({"detail": str(err)}, status_code=404)
+        return JSONResponse(_finite(report))
 
     @api.get("/metrics")
     async def get_metrics() -> Response:

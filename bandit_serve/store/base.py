@@ -16,7 +16,7 @@ import math
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -126,6 +126,8 @@ class ArmTotals:
     errors: int = 0
     duplicates: int = 0  # rewards refused because the decision already had one
     late: int = 0  # rewards refused because the wait window had passed
+    expected_pulls: float = 0.0  # sum over decisions of P(policy picks this arm)
+    ipw_sum: float = 0.0  # sum over rewarded decisions of reward / propensity
 
     @property
     def pending(self) -> int:
@@ -176,9 +178,17 @@ class Store(ABC):
 
     @abstractmethod
     async def record_decisions(
-        self, exp: ExperimentSettings, arms: Sequence[str], propensities: Sequence[float]
+        self,
+        exp: ExperimentSettings,
+        arms: Sequence[str],
+        propensities: Sequence[float],
+        expected: Mapping[str, float] | None = None,
     ) -> list[DecisionRecord]:
-        """Log one decision per arm given; each gets a new event id and reward deadline."""
+        """Log one decision per arm given; each gets a new event id and reward deadline.
+
+        ``expected`` is the policy's probability of each arm summed over these decisions;
+        it accumulates per arm as ``expected_pulls`` (the sample-ratio check uses it).
+        """
 
     @abstractmethod
     async def apply_rewards(
@@ -212,9 +222,13 @@ class Store(ABC):
     # -- conveniences ----------------------------------------------------------------
 
     async def record_decision(
-        self, exp: ExperimentSettings, arm: str, propensity: float
+        self,
+        exp: ExperimentSettings,
+        arm: str,
+        propensity: float,
+        expected: Mapping[str, float] | None = None,
     ) -> DecisionRecord:
-        return (await self.record_decisions(exp, [arm], [propensity]))[0]
+        return (await self.record_decisions(exp, [arm], [propensity], expected))[0]
 
     async def apply_reward(
         self, exp: ExperimentSettings, event_id: str, reward: float

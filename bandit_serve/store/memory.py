@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bandit_serve.store.base import (
@@ -68,13 +68,20 @@ class MemoryStore(Store):
         return ev
 
     async def record_decisions(
-        self, exp: ExperimentSettings, arms: Sequence[str], propensities: Sequence[float]
+        self,
+        exp: ExperimentSettings,
+        arms: Sequence[str],
+        propensities: Sequence[float],
+        expected: Mapping[str, float] | None = None,
     ) -> list[DecisionRecord]:
         async with self._lock:
             now = self.clock()
             deadline = now + exp.wait_seconds
             e = self._exp(exp.name)
             bucket = self._bucket(e, exp, now)
+            for arm, x in (expected or {}).items():
+                e.totals[arm].expected_pulls += x
+                bucket[arm].expected_pulls += x
             out = []
             for arm, p in zip(arms, propensities, strict=True):
                 eid = new_event_id()
@@ -112,6 +119,8 @@ class MemoryStore(Store):
                         t.rewards += 1
                         t.reward_units += reward_units(reward)
                         t.reward_sq += reward * reward
+                        if ev.propensity > 0:
+                            t.ipw_sum += reward / ev.propensity
                     out.append(RewardOutcome.APPLIED)
             return out
 
@@ -153,6 +162,8 @@ class MemoryStore(Store):
                         t.defaulted += 1
                         t.reward_units += reward_units(r)
                         t.reward_sq += r * r
+                        if ev.propensity > 0:
+                            t.ipw_sum += r / ev.propensity
                     report += SettleReport(defaulted=1)
             for eid in [k for k, ev in e.events.items() if now >= ev.expires_at]:
                 del e.events[eid]

@@ -11,7 +11,7 @@ Keys of experiment ``E`` (the ``{E}`` hash tag keeps them on one Redis Cluster s
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any, TypeVar, cast
@@ -40,6 +40,7 @@ _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _INT_STATS = {"pulls", "rewards", "defaulted", "dropped", "errors"}
 _RENAMED = {"dup": "duplicates", "late": "late"}
 T = TypeVar("T")
+_RecordItem = tuple[str, float, dict[str, float] | None]  # arm, propensity, expected counts
 
 
 @cache
@@ -70,6 +71,10 @@ def _parse_arms(raw: dict[str, str]) -> dict[str, ArmTotals]:
             t.reward_units = int(value)
         elif stat == "sq":
             t.reward_sq = float(value)
+        elif stat == "psum":
+            t.expected_pulls = float(value)
+        elif stat == "ipw":
+            t.ipw_sum = float(value)
         elif stat in _INT_STATS:
             setattr(t, stat, int(value))
         elif stat in _RENAMED:
@@ -92,7 +97,7 @@ class RedisStore(Store):
         self.client = client
         self.coalesce = coalesce
         self._reward_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
-        self._record_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
+        self._record_batchers: dict[ExperimentSettings, Coalescer[_RecordItem, str]] = {}
         self._record: AsyncScript = client.register_script(_script_source("record"))
         self._reward: AsyncScript = client.register_script(_script_source("reward"))
         self._settle: AsyncScript = client.register_script(_script_source("settle"))
@@ -141,13 +146,21 @@ class RedisStore(Store):
     # -- Store -----------------------------------------------------------------------
 
     async def record_decisions(
-        self, exp: ExperimentSettings, arms: Sequence[str], propensities: Sequence[float]
+        self,
+        exp: ExperimentSettings,
+        arms: Sequence[str],
+        propensities: Sequence[float],
+        expected: Mapping[str, float] | None = None,
     ) -> list[DecisionRecord]:
         if len(arms) != len(propensities):
             raise ValueError("arms and propensities must have the same length")
         if not arms:
             return []
-        items = [(a, float(p)) for a, p in zip(arms, propensities, strict=True)]
+        # the expected counts ride on the first item, so coalesced batches add them once
+        items: list[_RecordItem] = [
+            (a, float(p), dict(expected) if (i == 0 and expected) else None)
+            for i, (a, p) in enumerate(zip(arms, propensities, strict=True))
+        ]
         if self.coalesce:
             batcher = self._record_batchers.get(exp)
             if batcher is None:
@@ -158,27 +171,30 @@ class RedisStore(Store):
         else:
             packed = await self._record_now(exp, items)
         out = []
-        for (arm, p), text in zip(items, packed, strict=True):
+        for (arm, p, _), text in zip(items, packed, strict=True):
             event_id, t, deadline = text.split(" ")
             out.append(DecisionRecord(event_id, arm, p, float(t), float(deadline)))
         return out
 
-    async def _record_now(
-        self, exp: ExperimentSettings, items: list[tuple[str, float]]
-    ) -> list[str]:
+    async def _record_now(self, exp: ExperimentSettings, items: list[_RecordItem]) -> list[str]:
         """Record in one script call; returns "<event_id> <time> <deadline>" per item."""
         now = self.clock()
         deadline = now + exp.wait_seconds
         prefix, totals, due = experiment_keys(exp.name)
         bucket, bucket_expire = self._bucket_key(exp, now)
         ids = [new_event_id() for _ in items]
+        expected: dict[str, float] = {}
+        for _, _, e in items:
+            for arm, x in (e or {}).items():
+                expected[arm] = expected.get(arm, 0.0) + x
         args: list[Any] = [
             _ms(now),
             _ms(deadline),
             _ms(deadline + exp.retention_seconds),
             bucket_expire,
+            ";".join(f"{arm}={x!r}" for arm, x in expected.items()),
         ]
-        for arm, p in items:
+        for arm, p, _ in items:
             args += [arm, repr(p)]
         keys = [totals, due, bucket, *(f"{prefix}:ev:{i}" for i in ids)]
         await self._call("record_decisions", self._record(keys, args))

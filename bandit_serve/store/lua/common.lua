@@ -54,7 +54,7 @@ function Deltas:write(totals, bucket, bucket_expire_at)
   for arm, a in pairs(self.arms) do
     for stat, by in pairs(a) do
       local field = arm .. ':' .. stat
-      if stat == 'sq' then
+      if stat == 'sq' or stat == 'psum' or stat == 'ipw' then
         local v = string.format('%.17g', by)
         redis.call('HINCRBYFLOAT', totals, field, v)
         redis.call('HINCRBYFLOAT', bucket, field, v)

@@ -17,8 +17,8 @@ for i = 4, #KEYS do
   if r == nil or r ~= r or r == math.huge or r == -math.huge or r < low or r > high then
     status = 'invalid'
   else
-    local rec = redis.call('HMGET', key, 'arm', 'dl', 'st')
-    local arm, dl, st = rec[1], rec[2], rec[3]
+    local rec = redis.call('HMGET', key, 'arm', 'dl', 'st', 'p')
+    local arm, dl, st, p = rec[1], rec[2], rec[3], tonumber(rec[4])
     if not arm then
       status = 'unknown'
     elseif st == 'r' or taken[key] then
@@ -32,6 +32,9 @@ for i = 4, #KEYS do
       taken[key] = true
       apply[#apply + 1] = {key, arm}
       deltas:reward(arm, r)
+      if p and p > 0 then
+        deltas:add(arm, 'ipw', r / p)  -- inverse-propensity-weighted reward
+      end
     end
   end
   out[#out + 1] = status

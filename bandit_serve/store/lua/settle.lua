@@ -17,7 +17,8 @@ for i = 4, #KEYS do
   if score and tonumber(score) < now and not seen[member] then
     seen[member] = true
     local arm = string.match(member, '^[^:]*:(.*)$')
-    local st = redis.call('HGET', key, 'st')
+    local rec = redis.call('HMGET', key, 'st', 'p')
+    local st, p = rec[1], tonumber(rec[2])
     todo[#todo + 1] = {key, member, st}
     if st == false or st == 'p' then
       if mode == 'drop' then
@@ -25,6 +26,9 @@ for i = 4, #KEYS do
       else
         deltas:reward(arm, default)
         deltas:add(arm, 'defaulted', 1)
+        if p and p > 0 then
+          deltas:add(arm, 'ipw', default / p)
+        end
       end
     end
   end
