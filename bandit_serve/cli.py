@@ -131,6 +131,9 @@ def run(
         str | None, typer.Option(help="Join this Ray cluster instead of starting one.")
     ] = None,
     router_replicas: Annotated[int, typer.Option(min=1, help="BanditRouter replicas.")] = 2,
+    model_batch_size: Annotated[
+        int, typer.Option(min=1, help="Batch concurrent calls to a model (@serve.batch) above 1.")
+    ] = 1,
 ) -> None:
     """Serve the config's experiments on Ray Serve until Ctrl-C (redeploys on file change)."""
     from bandit_serve.errors import BanditServeError
@@ -144,6 +147,7 @@ def run(
             redis_url=redis_url,
             address=address,
             router_replicas=router_replicas,
+            model_batch_size=model_batch_size,
         )
     except BanditServeError as err:
         raise fail(str(err)) from None

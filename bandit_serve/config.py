@@ -57,6 +57,13 @@ MinShare = Annotated[float, Field(ge=0.0, lt=1.0)]
 Draws = Annotated[int, Field(ge=1, le=100_000)]
 
 
+def require_unique(names: list[str], what: str) -> None:
+    """Raise ValueError naming the repeated entries of ``names``."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(dupes)}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -285,10 +292,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        names = [a.name for a in self.arms]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"arm names must be unique; repeated: {', '.join(dupes)}")
+        require_unique([a.name for a in self.arms], "arm names")
         k = len(self.arms)
         p = self.policy
         if p.min_share * k > 1.0:
@@ -322,10 +326,7 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
-        names = [e.name for e in self.experiments]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"experiment names must be unique; repeated: {', '.join(dupes)}")
+        require_unique([e.name for e in self.experiments], "experiment names")
         return self
 
     def experiment(self, name: str) -> ExperimentConfig:

@@ -26,6 +26,7 @@ def run_service(
     redis_url: str | None = None,
     address: str | None = None,
     router_replicas: int = 2,
+    model_batch_size: int = 1,
     data_dir: Path = Path("var"),
     watch_interval: float = 1.0,
     echo: bool = True,
@@ -53,7 +54,12 @@ def run_service(
         for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
             signal.signal(sig, lambda *_: stop.set())
         serve.start(http_options={"host": host, "port": port})
-        args = AppArgs(config=str(config), redis_url=url, router_replicas=router_replicas)
+        args = AppArgs(
+            config=str(config),
+            redis_url=url,
+            router_replicas=router_replicas,
+            model_max_batch_size=model_batch_size,
+        )
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         if echo:
             names = ", ".join(e.name for e in cfg.experiments)

@@ -14,6 +14,7 @@ from bandit_serve.config import (
     PolicyConfig,
     parse_config,
     read_yaml,
+    require_unique,
 )
 from bandit_serve.errors import ConfigError
 
@@ -127,9 +128,7 @@ class Scenario(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         names = [a.name for a in self.arms]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"arm names must be unique; repeated: {', '.join(dupes)}")
+        require_unique(names, "arm names")
         kinds = {a.reward.kind for a in self.arms}
         if len(kinds) > 1:
             raise ValueError("arms must all be bernoulli or all gaussian")
@@ -155,10 +154,7 @@ class Scenario(_Strict):
                 raise ValueError(f"policies[{i}].weights has {len(w)} entries for {k} arms")
         if bernoulli and not 0 <= self.default_reward <= 1:
             raise ValueError("default_reward must be in [0, 1] for bernoulli arms")
-        labels = [p.name for p in self.policies]
-        dupes = sorted({n for n in labels if labels.count(n) > 1})
-        if dupes:
-            raise ValueError(f"policy labels must be unique; repeated: {', '.join(dupes)}")
+        require_unique([p.name for p in self.policies], "policy labels")
         return self
 
     @property

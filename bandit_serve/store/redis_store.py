@@ -11,7 +11,7 @@ Keys of experiment ``E`` (the ``{E}`` hash tag keeps them on one Redis Cluster s
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any, TypeVar, cast
@@ -40,6 +40,7 @@ _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _INT_STATS = {"pulls", "rewards", "defaulted", "dropped", "errors"}
 _RENAMED = {"dup": "duplicates", "late": "late"}
 T = TypeVar("T")
+Item = TypeVar("Item")
 _RecordItem = tuple[str, float, dict[str, float] | None]  # arm, propensity, expected counts
 
 
@@ -139,6 +140,21 @@ class RedisStore(Store):
         expire_at = _ms(start + exp.bucket_seconds + exp.bucket_retention_seconds)
         return f"{prefix}:b:{start}", expire_at
 
+    async def _send(
+        self,
+        batchers: dict[ExperimentSettings, Coalescer[Item, str]],
+        exp: ExperimentSettings,
+        items: list[Item],
+        flush: Callable[[ExperimentSettings, list[Item]], Awaitable[list[str]]],
+    ) -> list[str]:
+        """Through the experiment's coalescer (or straight to ``flush`` when off)."""
+        if not self.coalesce:
+            return await flush(exp, items)
+        batcher = batchers.get(exp)
+        if batcher is None:
+            batcher = batchers[exp] = Coalescer(lambda batch: flush(exp, batch))
+        return await batcher.submit(items)
+
     async def ping(self) -> bool:
         """True when the server answers."""
         return bool(await self._call("PING", self.client.ping()))
@@ -161,15 +177,7 @@ class RedisStore(Store):
             (a, float(p), dict(expected) if (i == 0 and expected) else None)
             for i, (a, p) in enumerate(zip(arms, propensities, strict=True))
         ]
-        if self.coalesce:
-            batcher = self._record_batchers.get(exp)
-            if batcher is None:
-                batcher = self._record_batchers[exp] = Coalescer(
-                    lambda batch: self._record_now(exp, batch)
-                )
-            packed = await batcher.submit(items)
-        else:
-            packed = await self._record_now(exp, items)
+        packed = await self._send(self._record_batchers, exp, items, self._record_now)
         out = []
         for (arm, p, _), text in zip(items, packed, strict=True):
             event_id, t, deadline = text.split(" ")
@@ -214,15 +222,7 @@ class RedisStore(Store):
                 sent.append(n)
         if sent:
             items = [(rewards[n][0], float(rewards[n][1])) for n in sent]
-            if self.coalesce:
-                batcher = self._reward_batchers.get(exp)
-                if batcher is None:
-                    batcher = self._reward_batchers[exp] = Coalescer(
-                        lambda batch: self._reward_now(exp, batch)
-                    )
-                statuses = await batcher.submit(items)
-            else:
-                statuses = await self._reward_now(exp, items)
+            statuses = await self._send(self._reward_batchers, exp, items, self._reward_now)
             for n, status in zip(sent, statuses, strict=True):
                 out[n] = RewardOutcome(status)
         return [o for o in out if o is not None]
