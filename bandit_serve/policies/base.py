@@ -107,6 +107,8 @@ class ArmStats:
 
     def means(self) -> FloatArray:
         """Observed mean reward per arm; NaN where an arm has no reward yet."""
+        if self.count.size and self.count.min() > 0:  # the common case: a plain division
+            return np.asarray(self.total / self.count, dtype=np.float64)
         out = np.full(self.count.shape, np.nan)
         np.divide(self.total, self.count, out=out, where=self.count > 0)
         return out
@@ -164,7 +166,9 @@ def random_argmax(scores: FloatArray, rng: np.random.Generator) -> IntArray:
     is_best[rows, arms] = False
     others = np.flatnonzero(is_best)  # maxima besides argmax's pick: the ties
     if others.size:  # only the rows with a tie draw random numbers
-        tied = np.unique(others // k)
+        mask = np.zeros(len(arms), dtype=bool)
+        mask[others // k] = True
+        tied = np.flatnonzero(mask)
         is_best[tied, arms[tied]] = True
         jitter = np.where(is_best[tied], rng.random((len(tied), k)), -1.0)
         arms[tied] = jitter.argmax(axis=1)

@@ -64,9 +64,8 @@ class EpsilonGreedy(Policy):
     @staticmethod
     def _scores(stats: ArmStats) -> FloatArray:
         scores = stats.means()
-        unseen = stats.count == 0
-        if unseen.any():
-            scores[unseen] = np.inf
+        if stats.count.size and stats.count.min() == 0:
+            scores[stats.count == 0] = np.inf
         return scores
 
     def _probabilities(self, stats: ArmStats, rng: np.random.Generator) -> FloatArray:

@@ -30,8 +30,11 @@ def ucb1_index(stats: ArmStats, alpha: float = 2.0) -> FloatArray:
     n = stats.count
     log_t = np.log(np.maximum(row_sums(n), 1.0))[:, None] * alpha
     # (total + sqrt(alpha ln t n)) / n = mean + sqrt(alpha ln t / n); +inf where n = 0
+    numerator = stats.total + np.sqrt(log_t * n)
+    if n.size and n.min() > 0:  # every arm seen: a plain division
+        return np.asarray(numerator / n, dtype=np.float64)
     idx = np.full(n.shape, np.inf)
-    np.divide(stats.total + np.sqrt(log_t * n), n, out=idx, where=n > 0)
+    np.divide(numerator, n, out=idx, where=n > 0)
     return idx
 
 
