@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
-from bandit_serve.service.serve_app import AppArgs
+from bandit_serve.service.serve_app import AppArgs, build_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_serve_config_builds_with_the_typed_app_builder() -> None:
+def test_serve_config_builds_with_the_typed_app_builder(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = yaml.safe_load((ROOT / "deployments" / "serve.yaml").read_text())
     app = cfg["applications"][0]
     assert app["import_path"] == "bandit_serve.service.serve_app:build_app"
     args = AppArgs.model_validate(app["args"])
     assert (ROOT / args.config).is_file()
+    monkeypatch.chdir(ROOT)
+    built = build_app(app["args"])  # what `serve run deployments/serve.yaml` calls: a dict
+    assert type(built).__name__ == "Application"
 
 
 def test_rayservice_and_prometheus_and_grafana_parse() -> None:

@@ -135,8 +135,15 @@ def resolve_redis_url(args_url: str | None, cfg: AppConfig) -> str:
     return args_url or os.environ.get("REDIS_URL") or cfg.redis_url or DEFAULT_REDIS_URL
 
 
-def build_app(args: AppArgs) -> Application:
-    """The Serve application for a config file."""
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    """The Serve application for a config file.
+
+    ``serve run``/``serve deploy`` pass the config file's ``args`` as a plain dict (Ray
+    cannot read the string annotation this module's ``from __future__ import annotations``
+    leaves), so the dict is validated here.
+    """
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args)
     cfg = load_config(args.config)
     handles: dict[str, Any] = {}
     for exp in cfg.experiments:
