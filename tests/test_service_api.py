@@ -342,3 +342,14 @@ async def test_analysis_endpoint_reports_per_arm_and_404s_unknown_baseline(
     assert r.status_code == 404 and "no arm named 'zz'" in r.json()["detail"]
     assert (await harness.client.get(url, params={"alpha": 2})).status_code == 422
     assert (await harness.client.get("/v1/experiments/nope/analysis")).status_code == 404
+
+
+async def test_each_decision_logs_its_full_selection_distribution(
+    harness: Harness, exp_name: str
+) -> None:
+    for _ in range(25):
+        assert (await harness.predict(exp_name)).status_code == 200
+    snap = await harness.store.snapshot(exp_name)
+    # every decision adds the policy's probabilities of all arms: they sum to one each
+    assert sum(t.expected_pulls for t in snap.values()) == pytest.approx(25.0)
+    assert all(0 < t.expected_pulls < 25 for t in snap.values())
