@@ -144,7 +144,10 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
     @api.get("/v1/experiments")
     async def list_experiments() -> dict[str, Any]:
         service = get_service()
-        return {"experiments": [await r.describe() for r in service.routers.values()]}
+        listed: dict[str, Any] = _finite(
+            {"experiments": [await r.describe() for r in service.routers.values()]}
+        )
+        return listed
 
     @api.get("/v1/experiments/{name}")
     async def get_experiment(name: str) -> dict[str, Any]:
