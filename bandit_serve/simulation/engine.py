@@ -154,7 +154,9 @@ def simulate_policy(
 
     count = np.zeros((runs, k))
     total = np.zeros((runs, k))
-    total_sq = np.zeros((runs, k))
+    # rewards of 0 or 1 are their own squares: one array serves as both sums
+    binary = sc.bernoulli and sc.default_reward in (0.0, 1.0)
+    total_sq = total if binary else np.zeros((runs, k))
     seen = ArmStats(count, total, total_sq)
     if sc.sync_every > 1:
         seen = ArmStats(count.copy(), total.copy(), total_sq.copy())
@@ -204,13 +206,15 @@ def simulate_policy(
         if arrivals is None:
             count.ravel()[flat] += 1.0
             total.ravel()[flat] += reward
-            total_sq.ravel()[flat] += reward * reward
+            if not binary:
+                total_sq.ravel()[flat] += reward * reward
         else:
             _queue_feedback(sc, env, arrivals, t, flat, reward)
             got = arrivals.pop(t)
             count.ravel()[:] += got[0]
             total.ravel()[:] += got[1]
-            total_sq.ravel()[:] += got[2]
+            if not binary:
+                total_sq.ravel()[:] += got[2]
         if sc.sync_every > 1 and (t + 1) % sc.sync_every == 0:
             np.copyto(seen.count, count)
             np.copyto(seen.total, total)
