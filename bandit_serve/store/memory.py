@@ -40,6 +40,15 @@ class _Experiment:
     buckets: dict[int, tuple[float, defaultdict[str, ArmTotals]]]  # start -> (expires, arms)
 
 
+def _add_reward(t: ArmTotals, reward: float, propensity: float) -> None:
+    """Count one reward (the Lua scripts' ``Deltas:reward`` plus the IPW sum)."""
+    t.rewards += 1
+    t.reward_units += reward_units(reward)
+    t.reward_sq += reward * reward
+    if propensity > 0:
+        t.ipw_sum += reward / propensity
+
+
 class MemoryStore(Store):
     """The reference implementation of :class:`Store` semantics, in one process."""
 
@@ -60,6 +69,12 @@ class MemoryStore(Store):
             e.buckets[start] = (expires, defaultdict(ArmTotals))
         return e.buckets[start][1]
 
+    def _both(
+        self, e: _Experiment, exp: ExperimentSettings, now: float, arm: str
+    ) -> tuple[ArmTotals, ArmTotals]:
+        """The arm's running totals and its entry in the current time bucket."""
+        return e.totals[arm], self._bucket(e, exp, now)[arm]
+
     def _live(self, e: _Experiment, event_id: str, now: float) -> _Event | None:
         ev = e.events.get(event_id)
         if ev is not None and now >= ev.expires_at:
@@ -78,15 +93,14 @@ class MemoryStore(Store):
             now = self.clock()
             deadline = now + exp.wait_seconds
             e = self._exp(exp.name)
-            bucket = self._bucket(e, exp, now)
             for arm, x in (expected or {}).items():
-                e.totals[arm].expected_pulls += x
-                bucket[arm].expected_pulls += x
+                for t in self._both(e, exp, now, arm):
+                    t.expected_pulls += x
             out = []
             for arm, p in zip(arms, propensities, strict=True):
                 eid = new_event_id()
                 e.events[eid] = _Event(arm, p, now, deadline, deadline + exp.retention_seconds)
-                for t in (e.totals[arm], bucket[arm]):
+                for t in self._both(e, exp, now, arm):
                     t.pulls += 1
                 out.append(DecisionRecord(eid, arm, p, now, deadline))
             return out
@@ -107,20 +121,16 @@ class MemoryStore(Store):
                     out.append(RewardOutcome.UNKNOWN)
                 elif ev.state == "rewarded":
                     out.append(RewardOutcome.DUPLICATE)
-                    for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
+                    for t in self._both(e, exp, now, ev.arm):
                         t.duplicates += 1
                 elif ev.state != "pending" or now > ev.deadline:
                     out.append(RewardOutcome.EXPIRED)
-                    for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
+                    for t in self._both(e, exp, now, ev.arm):
                         t.late += 1
                 else:
                     ev.state = "rewarded"
-                    for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
-                        t.rewards += 1
-                        t.reward_units += reward_units(reward)
-                        t.reward_sq += reward * reward
-                        if ev.propensity > 0:
-                            t.ipw_sum += reward / ev.propensity
+                    for t in self._both(e, exp, now, ev.arm):
+                        _add_reward(t, reward, ev.propensity)
                     out.append(RewardOutcome.APPLIED)
             return out
 
@@ -133,7 +143,7 @@ class MemoryStore(Store):
                 ev = self._live(e, eid, now)
                 if ev is not None and ev.state == "pending":
                     ev.state = "cancelled"
-                    for t in (e.totals[ev.arm], self._bucket(e, exp, now)[ev.arm]):
+                    for t in self._both(e, exp, now, ev.arm):
                         t.errors += 1
                     n += 1
             return n
@@ -148,22 +158,16 @@ class MemoryStore(Store):
             ]
             for eid in due:
                 ev = e.events[eid]
-                bucket = self._bucket(e, exp, now)
                 if exp.on_expiry == "drop":
                     ev.state = "dropped"
-                    for t in (e.totals[ev.arm], bucket[ev.arm]):
+                    for t in self._both(e, exp, now, ev.arm):
                         t.dropped += 1
                     report += SettleReport(dropped=1)
                 else:
                     ev.state = "defaulted"
-                    r = exp.default_reward
-                    for t in (e.totals[ev.arm], bucket[ev.arm]):
-                        t.rewards += 1
+                    for t in self._both(e, exp, now, ev.arm):
+                        _add_reward(t, exp.default_reward, ev.propensity)
                         t.defaulted += 1
-                        t.reward_units += reward_units(r)
-                        t.reward_sq += r * r
-                        if ev.propensity > 0:
-                            t.ipw_sum += r / ev.propensity
                     report += SettleReport(defaulted=1)
             for eid in [k for k, ev in e.events.items() if now >= ev.expires_at]:
                 del e.events[eid]
