@@ -91,8 +91,8 @@ class ExperimentRouter:
         self.settings = ExperimentSettings.from_config(cfg)
         self.policy = cfg.build_policy()
         self.arms = cfg.arm_names
-        self.totals: dict[str, ArmTotals] = {}
         self.frozen: FrozenDistribution | None = None
+        self.expected: dict[str, float] = {}  # the frozen distribution by arm name
         self.refreshed_at = -math.inf
 
     # -- the snapshot ----------------------------------------------------------------
@@ -113,7 +113,7 @@ class ExperimentRouter:
         async with self._refresh_lock:
             totals = await self.store.snapshot(self.settings.name)
             self.frozen = self.policy.freeze(self.arm_stats(totals), self.rng)
-            self.totals = totals
+            self.expected = dict(zip(self.arms, self.frozen.probabilities.tolist(), strict=True))
             self.refreshed_at = time.monotonic()
 
     async def ensure_fresh(self) -> None:
@@ -129,20 +129,15 @@ class ExperimentRouter:
         reward can be posted for it) and ModelError when the model fails (the logged
         decision is withdrawn: it counts as an error of the arm and waits for nothing).
         """
-        if (
-            self.frozen is None
-            or time.monotonic() - self.refreshed_at >= self.cfg.sync_interval_seconds
-        ):
-            await self.ensure_fresh()
+        await self.ensure_fresh()  # a no-op unless the snapshot is older than sync_interval
         assert self.frozen is not None
         d = self.frozen.sample(self.rng, 1)
         arm, propensity = self.arms[int(d.arms[0])], float(d.propensities[0])
         started = time.perf_counter()
         record: DecisionRecord | BaseException
         output: Any
-        expected = dict(zip(self.arms, self.frozen.probabilities.tolist(), strict=True))
         record, output = await asyncio.gather(
-            self.store.record_decision(self.settings, arm, propensity, expected),
+            self.store.record_decision(self.settings, arm, propensity, self.expected),
             asyncio.wait_for(self.caller(self.settings.name, arm, inputs), self.model_timeout),
             return_exceptions=True,
         )
