@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bandit_serve.config import ExperimentConfig, FixedConfig
+from bandit_serve.policies import ArmStats, GaussianThompson
 from bandit_serve.stats.bayes import DEFAULT_DRAWS, prob_best_and_loss
 from bandit_serve.stats.frequentist import two_proportion_ztest, welch_ttest
 from bandit_serve.stats.sequential import msprt_confidence_sequence, msprt_p_value
@@ -59,13 +60,9 @@ def _posterior_draws(
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
     n = t.rewards
     if cfg.reward.kind == "gaussian":  # Normal-Inverse-Gamma(0, 1, 1, 1) posterior of the mean
-        mean = t.reward_sum / n if n else 0.0
-        ss = max(t.reward_sq - n * mean * mean, 0.0)
-        kappa, alpha = 1.0 + n, 1.0 + n / 2
-        beta = 1.0 + 0.5 * ss + n * mean * mean / (2 * kappa)
-        loc = t.reward_sum / kappa
-        scale = math.sqrt(beta / (alpha * kappa))
-        return np.asarray(loc + scale * rng.standard_t(2 * alpha, draws), dtype=np.float64)
+        st = ArmStats.from_arrays([[n]], [[t.reward_sum]], [[t.reward_sq]])
+        df, loc, scale = (float(v[0, 0]) for v in GaussianThompson().posterior(st))
+        return np.asarray(loc + scale * rng.standard_t(df, draws), dtype=np.float64)
     low, high = cfg.reward.bounds
     s = (t.reward_sum - n * low) / (high - low)
     return np.asarray(low + (high - low) * rng.beta(1 + s, 1 + n - s, draws), dtype=np.float64)
