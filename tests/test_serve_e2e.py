@@ -152,15 +152,31 @@ async def test_rewards_through_both_replicas_count_once_and_traffic_moves(
 
 def test_metrics_agree_with_state_whichever_replica_answers(deployed: Deployed) -> None:
     state = deployed.state()
-    seen = set()
-    for _ in range(8):
-        r = httpx.get(f"{deployed.base}/metrics", timeout=30)
-        seen.add(r.headers["x-bandit-replica"])
-        for arm, a in state.items():
-            lab = f'arm="{arm}",experiment="{deployed.exp}"'
-            assert f"bandit_decisions_total{{{lab}}} {float(a['pulls'])}" in r.text
-            assert f"bandit_reward_sum{{{lab}}} {float(a['reward_sum'])}" in r.text
-    assert len(seen) == 2
+    seen: set[str] = set()
+
+    async def scrape_round(client: httpx.AsyncClient) -> list[httpx.Response]:
+        # Concurrent scrapes: Serve's router spreads queued requests over replicas, while
+        # sequential ones may all land on the same idle replica.
+        return await asyncio.gather(*(client.get("/metrics") for _ in range(8)))
+
+    async def scrape_until_both_replicas_answered() -> int:
+        checked = 0
+        async with httpx.AsyncClient(base_url=deployed.base, timeout=30) as client:
+            for _ in range(10):
+                for r in await scrape_round(client):
+                    assert r.status_code == 200, r.text
+                    seen.add(r.headers["x-bandit-replica"])
+                    for arm, a in state.items():
+                        lab = f'arm="{arm}",experiment="{deployed.exp}"'
+                        assert f"bandit_decisions_total{{{lab}}} {float(a['pulls'])}" in r.text
+                        assert f"bandit_reward_sum{{{lab}}} {float(a['reward_sum'])}" in r.text
+                    checked += 1
+                if len(seen) == 2:
+                    break
+        return checked
+
+    checked = asyncio.run(scrape_until_both_replicas_answered())
+    assert len(seen) == 2, f"only replica {seen} answered {checked} scrapes"
 
 
 def test_live_arm_addition_keeps_old_statistics(deployed: Deployed) -> None:
