@@ -134,6 +134,12 @@ def run(
     model_batch_size: Annotated[
         int, typer.Option(min=1, help="Batch concurrent calls to a model (@serve.batch) above 1.")
     ] = 1,
+    max_ongoing_requests: Annotated[
+        int, typer.Option(min=1, help="Requests one router replica works on at once.")
+    ] = 100,
+    max_queued_requests: Annotated[
+        int, typer.Option(min=-1, help="Queued beyond those; more get 503 + Retry-After.")
+    ] = 500,
 ) -> None:
     """Serve the config's experiments on Ray Serve until Ctrl-C (redeploys on file change)."""
     from bandit_serve.errors import BanditServeError
@@ -148,6 +154,8 @@ def run(
             address=address,
             router_replicas=router_replicas,
             model_batch_size=model_batch_size,
+            max_ongoing_requests=max_ongoing_requests,
+            max_queued_requests=max_queued_requests,
         )
     except BanditServeError as err:
         raise fail(str(err)) from None

@@ -196,3 +196,48 @@ def test_live_arm_addition_keeps_old_statistics(deployed: Deployed) -> None:
         for _ in range(80)
     )
     assert arms["c"] > 0  # the new arm starts from the prior and gets tried (>= 2% floor)
+
+
+def test_overload_answers_503_with_retry_after_and_records_nothing(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    """A router sized to 2 running + 2 queued requests, hit by 12 at once with a 0.5 s model:
+    the excess is refused at once with 503 + Retry-After (a bounded queue), and a refused
+    request leaves no decision behind."""
+    from bandit_serve.service.serve_app import AppArgs, build_app
+
+    exp = f"{deployed.exp}-overload"
+    cfg = write_config(tmp_path / "overload.yaml", exp, {"a": "sleepy", "b": "sleepy"})
+    args = AppArgs(
+        config=str(cfg),
+        redis_url=deployed.redis_url,
+        router_replicas=1,
+        max_ongoing_requests=2,
+        max_queued_requests=2,
+        retry_after_s=2,
+    )
+    serve.run(build_app(args), name="overload", route_prefix="/overload")
+    base = f"{deployed.base}/overload/v1/experiments/{exp}"
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post(f"{base}/predict", json={"inputs": i}) for i in range(12))
+            )
+
+    try:
+        answers = asyncio.run(burst())
+        codes = Counter(r.status_code for r in answers)
+        assert set(codes) <= {200, 503}, [r.text for r in answers]
+        assert codes[503] >= 1 and codes[200] >= 2, codes
+        for r in answers:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "2"
+            else:
+                assert r.json()["prediction"] == {"slept": 0.5}
+        arms = httpx.get(base, timeout=30).json()["arms"]
+        assert sum(a["pulls"] for a in arms) == codes[200]  # refused requests decided nothing
+        assert sum(a["pending"] for a in arms) == codes[200]
+    finally:
+        serve.delete("overload")
+        delete_experiment_keys(deployed.redis_url, exp)

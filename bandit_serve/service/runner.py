@@ -27,6 +27,8 @@ def run_service(
     address: str | None = None,
     router_replicas: int = 2,
     model_batch_size: int = 1,
+    max_ongoing_requests: int = 100,
+    max_queued_requests: int = 500,
     data_dir: Path = Path("var"),
     watch_interval: float = 1.0,
     echo: bool = True,
@@ -59,6 +61,8 @@ def run_service(
             redis_url=url,
             router_replicas=router_replicas,
             model_max_batch_size=model_batch_size,
+            max_ongoing_requests=max_ongoing_requests,
+            max_queued_requests=max_queued_requests,
         )
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         if echo:

@@ -13,14 +13,15 @@ router replicas (gracefully); every statistic lives in Redis, so nothing is lost
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_serve.config import AppConfig, CallableModel, SklearnModel, load_config
 from bandit_serve.service import metrics, replica_state
@@ -36,14 +37,29 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 api: FastAPI = create_api(replica_state.get)
 
 
-@api.middleware("http")
-async def _replica_header(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Name the answering replica process (operators and tests see the spread)."""
-    response = await call_next(request)
-    response.headers["x-bandit-replica"] = str(os.getpid())
-    return response
+class _ReplicaHeader:
+    """Name the answering replica process in ``x-bandit-replica`` (operators and tests see
+    the spread). Plain ASGI: Starlette's ``BaseHTTPMiddleware`` costs a task per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                name = (b"x-bandit-replica", str(os.getpid()).encode())
+                headers = [*message.get("headers", []), name]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_named)
+
+
+api.add_middleware(_ReplicaHeader)
 
 
 def model_deployment_name(experiment: str, arm: str) -> str:
@@ -126,6 +142,9 @@ class AppArgs(BaseModel):
     max_queued_requests: int = Field(
         500, ge=-1, description="Beyond this, new requests get 503 (bounded queue)."
     )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After (seconds, rounded up) on those 503 answers."
+    )
     model_max_batch_size: int = Field(1, ge=1, description="> 1 batches model calls.")
     model_batch_wait_s: float = Field(0.002, ge=0)
     model_timeout_s: float = Field(30.0, gt=0)
@@ -157,4 +176,5 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         user_config=cfg.model_dump(mode="json"),
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=args.retry_after_s),
     ).bind(handles, resolve_redis_url(args.redis_url, cfg), args.model_timeout_s)
