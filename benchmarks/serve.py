@@ -64,31 +64,14 @@ class BareIngress:
 
 async def load(url: str, body: Any, n: int, concurrency: int) -> tuple[float, float, float]:
     """Requests per second, p50 and p99 latency (ms) for n requests at a concurrency."""
-    latencies: list[float] = []
-    async with client_session(concurrency) as client:
-        queue = list(range(n))
-
-        async def worker() -> None:
-            while queue:
-                queue.pop()
-                t = time.perf_counter()
-                async with client.post(url, json=body) as r:
-                    await r.read()
-                    r.raise_for_status()
-                latencies.append(time.perf_counter() - t)
-
-        for _ in range(min(20, n)):  # warm up
-            async with client.post(url, json=body) as r:
-                await r.read()
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100)
-    return n / elapsed, q[49] * 1000, q[98] * 1000
+    o = await drive(url, body, n, concurrency, honour_retry_after=False, warm_up=20)
+    if o["refused_per_s"] > 0:
+        raise RuntimeError(f"{url} refused requests at concurrency {concurrency}")
+    return o["ok_per_s"], o["ok_p50"], o["ok_p99"]
 
 
-async def overload(
-    url: str, body: Any, n: int, concurrency: int, honour_retry_after: bool
+async def drive(
+    url: str, body: Any, n: int, concurrency: int, honour_retry_after: bool, warm_up: int = 0
 ) -> dict[str, float]:
     """n requests from `concurrency` clients: answered/s, refused/s, latencies (ms).
 
@@ -122,6 +105,9 @@ async def overload(
                     wait = float(header) if header.isdigit() else 1.0
                     await asyncio.sleep(wait * random.uniform(1, 2))  # jitter: no herd
 
+        for _ in range(warm_up):
+            async with client.post(url, json=body) as r:
+                await r.read()
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
@@ -268,7 +254,7 @@ def main() -> None:
             ("small, clients honour R-A", f"/small/v1/experiments/{exp}/predict", True),
         ):
             o = asyncio.run(
-                overload(
+                drive(
                     f"{base}{path}",
                     body,
                     args.overload_requests,
