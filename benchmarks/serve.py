@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import psutil
 import ray
 import redis
 import yaml
@@ -124,6 +125,46 @@ async def drive(
         "refused_p50": pct(refused, 50),
         "retry_after": float(header) if header.isdigit() else float("nan"),
     }
+
+
+ROLES = (  # process command line -> role, first match wins
+    ("ServeReplica:bare:BareIngress", "ingress / router"),
+    ("ServeReplica:bandit:BanditRouter", "ingress / router"),
+    ("ServeReplica:bare:BareModel", "model replicas"),
+    ("ServeReplica:bandit:model-", "model replicas"),
+    ("ServeReplica:", "other apps (idle)"),
+    ("ProxyActor", "Serve proxy"),
+    ("redis-server", "Redis"),
+    ("ray", "Ray (raylet, GCS, controller)"),
+)
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds used so far by every process of the set-up, summed by role."""
+    out: dict[str, float] = {}
+    me = psutil.Process().pid
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = (
+            "load generator"
+            if proc.pid == me
+            else next((r for key, r in ROLES if key in cmd), None)
+        )
+        if role is not None:
+            out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
+
+
+def cpu_per_request(url: str, body: Any, n: int, concurrency: int) -> dict[str, float]:
+    """CPU milliseconds per request by role while n requests run."""
+    before = cpu_seconds_by_role()
+    asyncio.run(load(url, body, n, concurrency))
+    after = cpu_seconds_by_role()
+    return {r: (after[r] - before.get(r, 0.0)) * 1000 / (n + 20) for r in after}
 
 
 def client_session(concurrency: int) -> aiohttp.ClientSession:
@@ -236,6 +277,17 @@ def main() -> None:
                 f"{ours[0]:>12.1f} {ours[1]:>7.1f} {ours[2]:>7.1f} | "
                 f"{ours[0] / bare[0]:>9.2f}x {ours[1] / bare[1]:>5.2f}x"
             )
+        bare_cpu = cpu_per_request(f"{base}/bare/predict", body, args.requests * 2, 8)
+        ours_cpu = cpu_per_request(
+            f"{base}/v1/experiments/{exp}/predict", body, args.requests * 2, 8
+        )
+        print("CPU per request at concurrency 8, by process role (ms; both apps on 2 cores):")
+        print(f"{'role':>30} | {'bare':>6} | {'bandit':>6} | {'extra':>6}")
+        for role in sorted(set(bare_cpu) | set(ours_cpu), key=lambda r: -ours_cpu.get(r, 0)):
+            row = (bare_cpu.get(role, 0.0), ours_cpu.get(role, 0.0))
+            print(f"{role:>30} | {row[0]:>6.2f} | {row[1]:>6.2f} | {row[1] - row[0]:>+6.2f}")
+        row = (sum(bare_cpu.values()), sum(ours_cpu.values()))
+        print(f"{'total':>30} | {row[0]:>6.2f} | {row[1]:>6.2f} | {row[1] - row[0]:>+6.2f}")
         single = asyncio.run(rewards(base, exp, 640, 1))
         batched = asyncio.run(rewards(base, exp, 4000, 1000))
         print(
