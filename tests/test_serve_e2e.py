@@ -193,9 +193,11 @@ def test_live_arm_addition_keeps_old_statistics(deployed: Deployed) -> None:
         httpx.post(
             f"{deployed.base}/v1/experiments/{deployed.exp}/predict", json={"inputs": 1}, timeout=30
         ).json()["arm"]
-        for _ in range(80)
+        for _ in range(150)
     )
-    assert arms["c"] > 0  # the new arm starts from the prior and gets tried (>= 2% floor)
+    # The new arm starts from the prior: against a ~0.9 arm its Thompson share is ~10%
+    # (never below the 2% floor), so 150 tries miss it with probability < 1e-6 (0.9^150).
+    assert arms["c"] > 0
 
 
 def test_overload_answers_503_with_retry_after_and_records_nothing(
