@@ -51,6 +51,10 @@ class Harness:
             transport=httpx.ASGITransport(app=self.api), base_url="http://t"
         )
 
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.store.close()
+
     async def state(self, name: str) -> dict[str, Any]:
         r = await self.client.get(f"/v1/experiments/{name}")
         assert r.status_code == 200
@@ -70,8 +74,7 @@ async def harness(redis_url: str, exp_name: str, clock: ManualClock) -> AsyncIte
     store = RedisStore.from_url(redis_url, clock=clock)
     h = Harness(app_config(exp_name, {"a": "echo_a", "b": "echo_b"}), store)
     yield h
-    await h.client.aclose()
-    await store.close()
+    await h.close()
     delete_experiment_keys(redis_url, exp_name)
 
 
@@ -214,8 +217,7 @@ async def test_failing_model_is_502_named_counted_and_leaves_nothing_pending(
         metrics = (await h.client.get("/metrics")).text
         assert f'bandit_model_errors_total{{arm="bad",experiment="{exp_name}"}} 1.0' in metrics
     finally:
-        await h.client.aclose()
-        await store.close()
+        await h.close()
         delete_experiment_keys(redis_url, exp_name)
 
 
@@ -238,8 +240,7 @@ async def test_redis_down_is_503_with_retry_after_and_recovers(
         assert (await h.client.get("/healthz")).status_code == 200
         assert (await h.predict(exp_name)).status_code == 200
     finally:
-        await h.client.aclose()
-        await store.close()
+        await h.close()
 
 
 async def test_metrics_agree_with_the_experiment_state(harness: Harness, exp_name: str) -> None:
