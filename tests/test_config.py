@@ -8,7 +8,6 @@ import pytest
 
 from bandit_serve.config import load_config
 from bandit_serve.errors import ConfigError
-from bandit_serve.store import ExperimentSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +136,7 @@ BAD_FILES: list[tuple[str, str, str]] = [
         experiment(
             reward="    reward: {kind: gaussian, default: 0}\n", policy="    policy: {kind: ucb1}\n"
         ),
-        r"experiments\[0\]: policy ucb1 needs rewards in a known interval",
+        r"experiments\[0\]: policy: ucb1 needs rewards in \[0, 1\]",
     ),
     (
         "kl_ucb on bounded",
@@ -145,7 +144,7 @@ BAD_FILES: list[tuple[str, str, str]] = [
             reward="    reward: {kind: bounded, low: 0, high: 5}\n",
             policy="    policy: {kind: kl_ucb}\n",
         ),
-        r"experiments\[0\]: policy kl_ucb needs reward kind bernoulli",
+        r"experiments\[0\]: policy: kl_ucb needs reward kind bernoulli",
     ),
     (
         "gaussian without default",
@@ -197,7 +196,7 @@ def test_demo_config_loads_and_builds() -> None:
     exp = cfg.experiments[0]
     assert exp.arm_names == ["v1", "v2"]
     assert exp.build_policy().kind == "thompson"
-    settings = ExperimentSettings.from_config(exp)
+    settings = exp.store_settings()
     assert (settings.low, settings.high, settings.default_reward) == (0.0, 1.0, 0.0)
 
 

@@ -30,7 +30,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from bandit_serve.errors import PolicyInputError
 
-__all__ = ["ArmStats", "Decision", "FrozenDistribution", "Policy", "sample_categorical"]
+__all__ = [
+    "REWARD_KINDS",
+    "ArmStats",
+    "Decision",
+    "FrozenDistribution",
+    "Policy",
+    "sample_categorical",
+]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -181,6 +188,9 @@ def tie_share(scores: FloatArray) -> FloatArray:
     return np.asarray(is_best / is_best.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
+REWARD_KINDS = frozenset({"bernoulli", "bounded", "gaussian"})
+
+
 class Policy(ABC):
     """Base of every policy: shape checks, the per-arm traffic floor, and :meth:`select`.
 
@@ -190,9 +200,38 @@ class Policy(ABC):
         Per-arm minimum traffic floor ``f``. The policy's distribution ``p`` is mixed with
         the uniform one: ``(1 - K f) p + f``, so every arm gets at least ``f`` of the
         traffic. Requires ``K f <= 1``.
+
+    Traits (class attributes; the configs, the server and the simulator read them here
+    and nowhere else):
+
+    ``kind``
+        the name in config files.
+    ``reward_kinds``
+        the reward kinds (``bernoulli``, ``bounded``, ``gaussian``) the policy can model.
+    ``unit_interval``
+        the policy's model needs rewards on [0, 1]: bounded rewards are rescaled onto it
+        (:meth:`ArmStats.rescaled`) before the policy sees them.
+    ``adaptive``
+        the allocation depends on observed rewards (a bandit); False for a fixed split,
+        whose analysis is then unbiased.
     """
 
     kind: ClassVar[str]
+    reward_kinds: ClassVar[frozenset[str]] = REWARD_KINDS
+    unit_interval: ClassVar[bool] = False
+    adaptive: ClassVar[bool] = True
+
+    @classmethod
+    def fit_problem(cls, reward_kind: str) -> str | None:
+        """Why this policy cannot model rewards of ``reward_kind`` (None when it can)."""
+        if reward_kind in cls.reward_kinds:
+            return None
+        if cls.unit_interval and reward_kind == "gaussian":
+            return (
+                "needs rewards in [0, 1] (bernoulli, or bounded rewards rescaled); "
+                "use reward kind bernoulli or bounded, or a policy for gaussian rewards"
+            )
+        return f"needs reward kind {' or '.join(sorted(cls.reward_kinds))}"
 
     def __init__(self, *, min_share: float = 0.0) -> None:
         if not 0.0 <= min_share <= 1.0:

@@ -27,6 +27,7 @@ class FixedWeights(Policy):
     """
 
     kind: ClassVar[str] = "fixed"
+    adaptive: ClassVar[bool] = False
 
     def __init__(self, *, weights: Sequence[float] | None = None, min_share: float = 0.0) -> None:
         super().__init__(min_share=min_share)

@@ -57,6 +57,8 @@ class BetaThompson(Policy):
     """
 
     kind: ClassVar[str] = "thompson"
+    reward_kinds: ClassVar[frozenset[str]] = frozenset({"bernoulli", "bounded"})
+    unit_interval: ClassVar[bool] = True
 
     def __init__(
         self, *, alpha: float = 1.0, beta: float = 1.0, draws: int = 1000, min_share: float = 0.0
@@ -103,6 +105,18 @@ class GaussianThompson(Policy):
     variance ~ InvGamma(``alpha``, ``beta``). The posterior of an arm's mean is a Student
     t with ``2 alpha_n`` degrees of freedom, location ``mu_n`` and scale
     ``sqrt(beta_n / (alpha_n kappa_n))``, which is what is sampled.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bandit_serve.policies import ArmStats, GaussianThompson
+    >>> stats = ArmStats.from_arrays(count=[50, 50], total=[50, 150], total_sq=[100, 500])
+    >>> df, loc, scale = GaussianThompson().posterior(stats)
+    >>> loc.round(3)  # posterior means, shrunk a little towards the prior mean 0
+    array([[0.98 , 2.941]])
+    >>> d = GaussianThompson(draws=2000).select(stats, np.random.default_rng(0))
+    >>> int(d.arms[0]), float(d.propensities[0])
+    (1, 1.0)
     """
 
     kind: ClassVar[str] = "gaussian_thompson"

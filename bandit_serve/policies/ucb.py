@@ -99,6 +99,8 @@ class UCB1(Policy):
     """
 
     kind: ClassVar[str] = "ucb1"
+    reward_kinds: ClassVar[frozenset[str]] = frozenset({"bernoulli", "bounded"})
+    unit_interval: ClassVar[bool] = True
 
     def __init__(self, *, alpha: float = 2.0, min_share: float = 0.0) -> None:
         super().__init__(min_share=min_share)
@@ -114,9 +116,22 @@ class UCB1(Policy):
 
 
 class KLUCB(Policy):
-    """KL-UCB (Garivier & Cappé 2011) for Bernoulli rewards; ``c`` = 0 is the usual choice."""
+    """KL-UCB (Garivier & Cappé 2011) for Bernoulli rewards; ``c`` = 0 is the usual choice.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bandit_serve.policies import KLUCB, ArmStats, kl_ucb_index
+    >>> stats = ArmStats.from_arrays(count=[20, 200], total=[10, 110])
+    >>> kl_ucb_index(stats).round(3)  # the less-tried arm has the larger index
+    array([[0.823, 0.662]])
+    >>> int(KLUCB().select(stats, np.random.default_rng(0)).arms[0])
+    0
+    """
 
     kind: ClassVar[str] = "kl_ucb"
+    reward_kinds: ClassVar[frozenset[str]] = frozenset({"bernoulli"})
+    unit_interval: ClassVar[bool] = True
 
     def __init__(self, *, c: float = 0.0, min_share: float = 0.0) -> None:
         super().__init__(min_share=min_share)

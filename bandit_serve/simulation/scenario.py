@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from bandit_serve.config import (
     NAME_PATTERN,
-    UNIT_INTERVAL_POLICIES,
     PolicyConfig,
+    Strict,
     parse_config,
     read_yaml,
     require_unique,
@@ -27,36 +27,32 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BernoulliArm(_Strict):
+class BernoulliArm(Strict):
     kind: Literal["bernoulli"]
     mean: float = Field(ge=0, le=1)
 
 
-class GaussianArm(_Strict):
+class GaussianArm(Strict):
     kind: Literal["gaussian"]
     mean: float = Field(allow_inf_nan=False)
     sd: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
-class ArmSpec(_Strict):
+class ArmSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     reward: Annotated[BernoulliArm | GaussianArm, Field(discriminator="kind")]
 
 
-class NoDelay(_Strict):
+class NoDelay(Strict):
     kind: Literal["none"]
 
 
-class FixedDelay(_Strict):
+class FixedDelay(Strict):
     kind: Literal["fixed"]
     steps: int = Field(ge=0)
 
 
-class ExponentialDelay(_Strict):
+class ExponentialDelay(Strict):
     kind: Literal["exponential"]
     mean_steps: float = Field(gt=0)
 
@@ -64,7 +60,7 @@ class ExponentialDelay(_Strict):
 Delay = Annotated[NoDelay | FixedDelay | ExponentialDelay, Field(discriminator="kind")]
 
 
-class Change(_Strict):
+class Change(Strict):
     """From decision ``at`` on, ``arm`` has a new true mean (drift)."""
 
     at: int = Field(ge=0)
@@ -72,7 +68,7 @@ class Change(_Strict):
     mean: float = Field(allow_inf_nan=False)
 
 
-class ScenarioPolicy(_Strict):
+class ScenarioPolicy(Strict):
     """A policy to simulate: the served policy config, with a label and an optional commit.
 
     ``commit_after: n`` models how an A/B test ends: after ``n`` decisions the run plays
@@ -106,7 +102,7 @@ class ScenarioPolicy(_Strict):
         return base
 
 
-class Scenario(_Strict):
+class Scenario(Strict):
     """A whole scenario file."""
 
     name: str = Field(min_length=1)
@@ -123,7 +119,7 @@ class Scenario(_Strict):
     on_expiry: Literal["default", "drop"] = "default"
     default_reward: float = Field(0.0, allow_inf_nan=False)
     sync_every: int = Field(1, ge=1)
-    changes: list[Change] = []
+    changes: list[Change] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -140,18 +136,11 @@ class Scenario(_Strict):
                 raise ValueError(f"changes[{i}].mean: {c.mean} is outside [0, 1] for bernoulli")
             if c.at >= self.horizon:
                 raise ValueError(f"changes[{i}].at: {c.at} is not before the horizon")
+        reward_kind = "bernoulli" if bernoulli else "gaussian"
         for i, p in enumerate(self.policies):
-            k = len(self.arms)
-            if p.policy.min_share * k > 1:
-                raise ValueError(f"policies[{i}].min_share times {k} arms exceeds 1")
-            if not bernoulli and p.policy.kind in UNIT_INTERVAL_POLICIES:
-                raise ValueError(
-                    f"policies[{i}]: {p.policy.kind} needs rewards in [0, 1]; for gaussian "
-                    f"arms use gaussian_thompson, epsilon_greedy or fixed"
-                )
-            w = getattr(p.policy, "weights", None)
-            if w is not None and len(w) != k:
-                raise ValueError(f"policies[{i}].weights has {len(w)} entries for {k} arms")
+            problems = p.policy.fit_problems(reward_kind, len(self.arms), f"policies[{i}]")
+            if problems:
+                raise ValueError("; ".join(problems))
         if bernoulli and not 0 <= self.default_reward <= 1:
             raise ValueError("default_reward must be in [0, 1] for bernoulli arms")
         require_unique([p.name for p in self.policies], "policy labels")

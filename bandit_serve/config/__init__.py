@@ -1,0 +1,71 @@
+"""Experiment config files (YAML), validated by pydantic.
+
+A file holds ``experiments``; each has ``arms`` (a name and a model reference), a
+``policy`` (a discriminated union on ``kind``) and a ``reward`` spec. :func:`load_config`
+turns any problem into one :class:`~bandit_serve.errors.ConfigError` whose message names
+the file, the field path and what is wrong.
+
+Modules: ``base`` (shared model rules), ``policies`` (one config per policy kind),
+``models`` (model references), ``experiment`` (experiments and whole files), ``loading``
+(YAML, error messages).
+"""
+
+from __future__ import annotations
+
+from bandit_serve.config.base import NAME_PATTERN, Name, Strict, require_unique
+from bandit_serve.config.experiment import (
+    REWARD_LIMIT,
+    AppConfig,
+    ArmConfig,
+    BucketConfig,
+    ExperimentConfig,
+    RewardSpec,
+)
+from bandit_serve.config.loading import (
+    discriminator_tags,
+    format_validation_error,
+    load_config,
+    parse_config,
+    read_yaml,
+)
+from bandit_serve.config.models import MODEL_REF, CallableModel, ModelRef, SklearnModel
+from bandit_serve.config.policies import (
+    EpsilonGreedyConfig,
+    FixedConfig,
+    GaussianThompsonConfig,
+    KLUCBConfig,
+    PolicyConfig,
+    PolicyConfigBase,
+    ThompsonConfig,
+    UCB1Config,
+)
+
+__all__ = [
+    "MODEL_REF",
+    "NAME_PATTERN",
+    "REWARD_LIMIT",
+    "AppConfig",
+    "ArmConfig",
+    "BucketConfig",
+    "CallableModel",
+    "EpsilonGreedyConfig",
+    "ExperimentConfig",
+    "FixedConfig",
+    "GaussianThompsonConfig",
+    "KLUCBConfig",
+    "ModelRef",
+    "Name",
+    "PolicyConfig",
+    "PolicyConfigBase",
+    "RewardSpec",
+    "SklearnModel",
+    "Strict",
+    "ThompsonConfig",
+    "UCB1Config",
+    "discriminator_tags",
+    "format_validation_error",
+    "load_config",
+    "parse_config",
+    "read_yaml",
+    "require_unique",
+]

@@ -1,0 +1,155 @@
+"""An experiment config: arms, the policy routing between them, the reward spec."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from bandit_serve.config.base import Name, Strict, require_unique
+from bandit_serve.config.models import ModelRef, model_shorthand
+from bandit_serve.config.policies import PolicyConfig
+from bandit_serve.policies import Policy
+from bandit_serve.store.base import ExperimentSettings
+
+__all__ = [
+    "REWARD_LIMIT",
+    "AppConfig",
+    "ArmConfig",
+    "BucketConfig",
+    "ExperimentConfig",
+    "RewardSpec",
+]
+
+# Rewards are stored as fixed-point integers of 1e-6, so one reward within +-1e9 is exact
+# in a double (< 2**53). Sums are int64 (in Redis): at this bound they hold only about
+# 9,200 rewards, so the store refuses a reward that would overflow an arm's sum.
+REWARD_LIMIT = 1e9
+
+
+class ArmConfig(Strict):
+    """One arm: a model version."""
+
+    name: Name
+    model: ModelRef
+    replicas: int = Field(1, ge=1, le=64)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return model_shorthand(v)
+
+
+class RewardSpec(Strict):
+    """What a reward is, how long to wait for it, and what happens when it never comes.
+
+    ``bernoulli`` takes rewards in [0, 1] (0/1 clicks, or fractions); ``bounded`` takes
+    [low, high]; ``gaussian`` takes any real number inside [low, high] when given (by
+    default +-1e9, the store's exact fixed-point range).
+    """
+
+    kind: Literal["bernoulli", "bounded", "gaussian"]
+    low: float | None = Field(None, allow_inf_nan=False)
+    high: float | None = Field(None, allow_inf_nan=False)
+    wait_seconds: float = Field(600.0, gt=0, le=30 * 86400)
+    on_expiry: Literal["default", "drop"] = "default"
+    default: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        low, high = self.bounds
+        if self.kind == "bernoulli" and (self.low, self.high) not in {(None, None), (0.0, 1.0)}:
+            raise ValueError("bernoulli rewards are always in [0, 1]; leave out low and high")
+        if self.kind == "bounded" and (self.low is None or self.high is None):
+            raise ValueError("bounded rewards need both low and high")
+        if not low < high:
+            raise ValueError(f"low ({low}) must be below high ({high})")
+        if max(abs(low), abs(high)) > REWARD_LIMIT:
+            raise ValueError(f"low and high must lie within +-{REWARD_LIMIT:g}")
+        if self.on_expiry == "default":
+            if self.default is None and self.kind == "gaussian":
+                raise ValueError("gaussian rewards need a default reward, or on_expiry: drop")
+            d = self.default_reward
+            if not low <= d <= high:
+                raise ValueError(f"default reward {d} lies outside [{low}, {high}]")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Closed interval of accepted rewards."""
+        if self.kind == "bernoulli":
+            return 0.0, 1.0
+        return (
+            -REWARD_LIMIT if self.low is None else self.low,
+            REWARD_LIMIT if self.high is None else self.high,
+        )
+
+    @property
+    def default_reward(self) -> float:
+        """Reward applied to a decision whose wait window passed (``on_expiry: default``)."""
+        if self.default is not None:
+            return self.default
+        return self.bounds[0]  # bernoulli/bounded: the low end (a miss counts as failure)
+
+
+class BucketConfig(Strict):
+    """Time buckets kept beside the totals (traffic over time, the dashboard's charts)."""
+
+    seconds: int = Field(60, ge=1, le=86400)
+    retention_seconds: int = Field(86400, ge=60, le=90 * 86400)
+
+
+class ExperimentConfig(Strict):
+    """One experiment: arms, the policy routing between them, and the reward spec."""
+
+    name: Name
+    arms: list[ArmConfig] = Field(min_length=1, max_length=256)
+    policy: PolicyConfig
+    reward: RewardSpec
+    sync_interval_seconds: float = Field(1.0, gt=0, le=3600)
+    record_retention_seconds: float = Field(
+        86400.0, ge=1, le=90 * 86400, description="How long a decision is kept after its deadline."
+    )
+    buckets: BucketConfig = BucketConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        require_unique(self.arm_names, "arm names")
+        problems = self.policy.fit_problems(self.reward.kind, len(self.arms))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def arm_names(self) -> list[str]:
+        return [a.name for a in self.arms]
+
+    def build_policy(self) -> Policy:
+        return self.policy.build()
+
+    def store_settings(self) -> ExperimentSettings:
+        """What the store needs to know about this experiment."""
+        low, high = self.reward.bounds
+        return ExperimentSettings(
+            name=self.name,
+            low=low,
+            high=high,
+            wait_seconds=self.reward.wait_seconds,
+            on_expiry=self.reward.on_expiry,
+            default_reward=self.reward.default_reward,
+            retention_seconds=self.record_retention_seconds,
+            bucket_seconds=self.buckets.seconds,
+            bucket_retention_seconds=self.buckets.retention_seconds,
+        )
+
+
+class AppConfig(Strict):
+    """A whole config file."""
+
+    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
+    experiments: list[ExperimentConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        require_unique([e.name for e in self.experiments], "experiment names")
+        return self
