@@ -2,14 +2,17 @@
 
 ::
 
-    BanditServeError                  base of all library errors
-    ├── ConfigError (ValueError)      a config or scenario file is malformed; names file and field
-    ├── PolicyInputError (ValueError) arm statistics of the wrong shape or value reached a policy
+    BanditServeError                   base of all library errors
+    ├── ConfigError (ValueError)       a config or scenario file is malformed; names file and field
+    ├── PolicyInputError (ValueError)  arm statistics of the wrong shape or value reached a policy
     ├── UnknownExperimentError (KeyError)
-    └── StoreError (ConnectionError)  the state backend (Redis) could not be reached or failed;
-                                      the call changed nothing it reported, retry it
+    ├── UnknownArmError (KeyError)     an arm name that the experiment does not have
+    ├── ModelError                     the model of an arm raised or timed out
+    └── StoreError (ConnectionError)   the state backend (Redis) could not be reached or failed;
+                                       the call changed nothing it reported, retry it
 
-Messages are whole sentences that name the bad value.
+Messages are whole sentences that name the bad value. A test walks every exception class
+defined in the package and checks that it descends from :class:`BanditServeError`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 __all__ = [
     "BanditServeError",
     "ConfigError",
+    "ModelError",
     "PolicyInputError",
     "StoreError",
+    "UnknownArmError",
     "UnknownExperimentError",
 ]
 
@@ -38,11 +43,27 @@ class PolicyInputError(BanditServeError, ValueError):
     """Arm statistics given to a policy have the wrong shape or impossible values."""
 
 
-class UnknownExperimentError(BanditServeError, KeyError):
+class _NamedKeyError(BanditServeError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else self.__class__.__doc__ or ""
+
+
+class UnknownExperimentError(_NamedKeyError):
     """No experiment of that name is configured."""
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "unknown experiment"
+
+class UnknownArmError(_NamedKeyError):
+    """The experiment has no arm of that name."""
+
+
+class ModelError(BanditServeError):
+    """The model of an arm raised or timed out."""
+
+    def __init__(self, experiment: str, arm: str, reason: str) -> None:
+        super().__init__(f"the model of arm {arm!r} in experiment {experiment!r} failed: {reason}")
+        self.experiment = experiment
+        self.arm = arm
+        self.reason = reason
 
 
 class StoreError(BanditServeError, ConnectionError):

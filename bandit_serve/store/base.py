@@ -18,16 +18,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from bandit_serve.config import ExperimentConfig
+from typing import Any, Literal
 
 __all__ = [
+    "ARM_FIELDS",
     "REWARD_SCALE",
+    "ArmField",
     "ArmTotals",
     "Bucket",
     "DecisionRecord",
+    "EventState",
     "ExperimentSettings",
     "RewardOutcome",
     "SettleReport",
@@ -74,21 +74,6 @@ class ExperimentSettings:
     bucket_seconds: int = 60
     bucket_retention_seconds: int = 86400
 
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> ExperimentSettings:
-        low, high = cfg.reward.bounds
-        return cls(
-            name=cfg.name,
-            low=low,
-            high=high,
-            wait_seconds=cfg.reward.wait_seconds,
-            on_expiry=cfg.reward.on_expiry,
-            default_reward=cfg.reward.default_reward,
-            retention_seconds=cfg.record_retention_seconds,
-            bucket_seconds=cfg.buckets.seconds,
-            bucket_retention_seconds=cfg.buckets.retention_seconds,
-        )
-
     def accepts(self, reward: float) -> bool:
         """True when the reward is a finite number within ``[low, high]``."""
         return math.isfinite(reward) and self.low <= reward <= self.high
@@ -108,13 +93,59 @@ class DecisionRecord:
     deadline: float
 
 
+class EventState(enum.StrEnum):
+    """The state of a logged decision. The values are the codes the Lua scripts store
+    (their prelude is generated from this enum), and the memory store uses the same."""
+
+    PENDING = "p"  # waiting for its reward
+    REWARDED = "r"  # got its reward (posted)
+    WITHDRAWN = "c"  # its model call failed: it waits for nothing and counts as an error
+    DEFAULTED = "d"  # its wait window passed: it got the default reward
+    DROPPED = "x"  # its wait window passed: settled without a reward (on_expiry: drop)
+
+
+@dataclass(frozen=True)
+class ArmField:
+    """One counter of an arm: its Redis hash field (``<arm>:<field>``), its
+    :class:`ArmTotals` attribute, its type, and whether the experiment view shows it."""
+
+    field: str
+    attr: str
+    type: type[int] | type[float]
+    public: bool = True
+
+
+# The one table of arm counters. The Redis parser and the memory store loop over it; the
+# Lua prelude learns from it which fields are floats (HINCRBYFLOAT). Adding a counter:
+# an entry here and in ArmTotals, the Lua that increments it, the memory twin.
+ARM_FIELDS: tuple[ArmField, ...] = (
+    ArmField("pulls", "pulls", int),
+    ArmField("rewards", "rewards", int),
+    ArmField("units", "reward_units", int, public=False),
+    ArmField("sq", "reward_sq", float, public=False),
+    ArmField("defaulted", "defaulted", int),
+    ArmField("dropped", "dropped", int),
+    ArmField("errors", "errors", int),
+    ArmField("dup", "duplicates", int),
+    ArmField("late", "late", int),
+    ArmField("psum", "expected_pulls", float, public=False),
+    ArmField("ipw", "ipw_sum", float, public=False),
+)
+ARM_FIELD_BY_NAME = {f.field: f for f in ARM_FIELDS}
+
+
 @dataclass
 class ArmTotals:
     """Statistics of one arm (over all time, or within one time bucket).
 
     ``pulls`` counts decisions; ``rewards`` counts applied rewards, default rewards
     included (``defaulted`` of them); ``dropped`` counts decisions settled without a
-    reward; ``errors`` counts decisions whose model call failed (they wait for nothing).
+    reward; ``errors`` counts decisions whose model call failed (they wait for nothing);
+    ``duplicates`` and ``late`` count rewards refused as duplicate or expired;
+    ``expected_pulls`` sums over decisions the probability that the policy picks this
+    arm (the sample-ratio check); ``ipw_sum`` sums reward / propensity over rewarded
+    decisions (the inverse-propensity-weighted mean). Fields are listed in
+    :data:`ARM_FIELDS`.
     """
 
     pulls: int = 0
@@ -124,10 +155,20 @@ class ArmTotals:
     defaulted: int = 0
     dropped: int = 0
     errors: int = 0
-    duplicates: int = 0  # rewards refused because the decision already had one
-    late: int = 0  # rewards refused because the wait window had passed
-    expected_pulls: float = 0.0  # sum over decisions of P(policy picks this arm)
-    ipw_sum: float = 0.0  # sum over rewarded decisions of reward / propensity
+    duplicates: int = 0
+    late: int = 0
+    expected_pulls: float = 0.0
+    ipw_sum: float = 0.0
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[str, str]) -> ArmTotals:
+        """From Redis-style ``{field: text}`` (unknown fields are ignored)."""
+        t = cls()
+        for name, value in raw.items():
+            f = ARM_FIELD_BY_NAME.get(name)
+            if f is not None:
+                setattr(t, f.attr, f.type(value))
+        return t
 
     @property
     def pending(self) -> int:
@@ -141,6 +182,12 @@ class ArmTotals:
     @property
     def mean(self) -> float | None:
         return self.reward_sum / self.rewards if self.rewards else None
+
+    def public(self) -> dict[str, Any]:
+        """The counters the experiment view shows, and the derived sums."""
+        out: dict[str, Any] = {f.attr: getattr(self, f.attr) for f in ARM_FIELDS if f.public}
+        out.update(reward_sum=self.reward_sum, mean=self.mean, pending=self.pending)
+        return out
 
 
 @dataclass(frozen=True)
@@ -215,6 +262,10 @@ class Store(ABC):
     @abstractmethod
     async def buckets(self, exp: ExperimentSettings, start: float, end: float) -> list[Bucket]:
         """Time buckets overlapping ``[start, end]`` that still exist, oldest first."""
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise StoreError unless the backend answers (health checks)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

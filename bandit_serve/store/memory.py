@@ -12,6 +12,7 @@ from bandit_serve.store.base import (
     Bucket,
     Clock,
     DecisionRecord,
+    EventState,
     ExperimentSettings,
     RewardOutcome,
     SettleReport,
@@ -27,10 +28,9 @@ __all__ = ["MemoryStore"]
 class _Event:
     arm: str
     propensity: float
-    decided_at: float
     deadline: float
     expires_at: float
-    state: str = "pending"  # pending | rewarded | defaulted | dropped | cancelled
+    state: EventState = EventState.PENDING
 
 
 @dataclass
@@ -56,6 +56,9 @@ class MemoryStore(Store):
         super().__init__(clock)
         self._lock = asyncio.Lock()
         self._exps: dict[str, _Experiment] = {}
+
+    async def check(self) -> None:
+        """Always healthy: it lives in this process."""
 
     def _exp(self, name: str) -> _Experiment:
         if name not in self._exps:
@@ -99,7 +102,7 @@ class MemoryStore(Store):
             out = []
             for arm, p in zip(arms, propensities, strict=True):
                 eid = new_event_id()
-                e.events[eid] = _Event(arm, p, now, deadline, deadline + exp.retention_seconds)
+                e.events[eid] = _Event(arm, p, deadline, deadline + exp.retention_seconds)
                 for t in self._both(e, exp, now, arm):
                     t.pulls += 1
                 out.append(DecisionRecord(eid, arm, p, now, deadline))
@@ -119,16 +122,16 @@ class MemoryStore(Store):
                 ev = self._live(e, event_id, now)
                 if ev is None:
                     out.append(RewardOutcome.UNKNOWN)
-                elif ev.state == "rewarded":
+                elif ev.state is EventState.REWARDED:
                     out.append(RewardOutcome.DUPLICATE)
                     for t in self._both(e, exp, now, ev.arm):
                         t.duplicates += 1
-                elif ev.state != "pending" or now > ev.deadline:
+                elif ev.state is not EventState.PENDING or now > ev.deadline:
                     out.append(RewardOutcome.EXPIRED)
                     for t in self._both(e, exp, now, ev.arm):
                         t.late += 1
                 else:
-                    ev.state = "rewarded"
+                    ev.state = EventState.REWARDED
                     for t in self._both(e, exp, now, ev.arm):
                         _add_reward(t, reward, ev.propensity)
                     out.append(RewardOutcome.APPLIED)
@@ -141,8 +144,8 @@ class MemoryStore(Store):
             n = 0
             for eid in dict.fromkeys(event_ids):
                 ev = self._live(e, eid, now)
-                if ev is not None and ev.state == "pending":
-                    ev.state = "cancelled"
+                if ev is not None and ev.state is EventState.PENDING:
+                    ev.state = EventState.WITHDRAWN
                     for t in self._both(e, exp, now, ev.arm):
                         t.errors += 1
                     n += 1
@@ -154,17 +157,19 @@ class MemoryStore(Store):
             e = self._exp(exp.name)
             report = SettleReport()
             due = [
-                eid for eid, ev in e.events.items() if ev.state == "pending" and ev.deadline < now
+                eid
+                for eid, ev in e.events.items()
+                if ev.state is EventState.PENDING and ev.deadline < now
             ]
             for eid in due:
                 ev = e.events[eid]
                 if exp.on_expiry == "drop":
-                    ev.state = "dropped"
+                    ev.state = EventState.DROPPED
                     for t in self._both(e, exp, now, ev.arm):
                         t.dropped += 1
                     report += SettleReport(dropped=1)
                 else:
-                    ev.state = "defaulted"
+                    ev.state = EventState.DEFAULTED
                     for t in self._both(e, exp, now, ev.arm):
                         _add_reward(t, exp.default_reward, ev.propensity)
                         t.defaulted += 1

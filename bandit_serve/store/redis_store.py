@@ -1,4 +1,4 @@
-"""Redis store: redis-py asyncio client and three Lua scripts, one round trip per call.
+"""Redis store: redis-py asyncio client and Lua scripts (``lua/``), one round trip per call.
 
 Keys of experiment ``E`` (the ``{E}`` hash tag keeps them on one Redis Cluster slot)::
 
@@ -22,10 +22,12 @@ from redis.exceptions import RedisError
 
 from bandit_serve.errors import StoreError
 from bandit_serve.store.base import (
+    ARM_FIELDS,
     ArmTotals,
     Bucket,
     Clock,
     DecisionRecord,
+    EventState,
     ExperimentSettings,
     RewardOutcome,
     SettleReport,
@@ -37,11 +39,16 @@ from bandit_serve.store.batching import Coalescer
 __all__ = ["RedisStore", "experiment_keys"]
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
-_INT_STATS = {"pulls", "rewards", "defaulted", "dropped", "errors"}
-_RENAMED = {"dup": "duplicates", "late": "late"}
 T = TypeVar("T")
 Item = TypeVar("Item")
 _RecordItem = tuple[str, float, dict[str, float] | None]  # arm, propensity, expected counts
+
+
+def _prelude() -> str:
+    """Lua constants generated from the Python definitions they must agree with."""
+    floats = ", ".join(f"{f.field} = true" for f in ARM_FIELDS if f.type is float)
+    states = ", ".join(f"{st.name.lower()} = '{st.value}'" for st in EventState)
+    return f"local FLOAT_STATS = {{{floats}}}\nlocal ST = {{{states}}}\n"
 
 
 @cache
@@ -50,7 +57,7 @@ def _script_source(name: str) -> str:
     # The shebang makes Redis (>= 7) refuse the whole script up front when it is short of
     # memory, instead of failing at a write half way through.
     common = (lua / "common.lua").read_text()
-    return "#!lua\n" + common + "\n" + (lua / f"{name}.lua").read_text()
+    return "#!lua\n" + _prelude() + common + "\n" + (lua / f"{name}.lua").read_text()
 
 
 def experiment_keys(name: str) -> tuple[str, str, str]:
@@ -64,23 +71,12 @@ def _ms(t: float) -> int:
 
 
 def _parse_arms(raw: dict[str, str]) -> dict[str, ArmTotals]:
-    out: dict[str, ArmTotals] = {}
-    for field_name, value in raw.items():
-        arm, _, stat = field_name.rpartition(":")
-        t = out.setdefault(arm, ArmTotals())
-        if stat == "units":
-            t.reward_units = int(value)
-        elif stat == "sq":
-            t.reward_sq = float(value)
-        elif stat == "psum":
-            t.expected_pulls = float(value)
-        elif stat == "ipw":
-            t.ipw_sum = float(value)
-        elif stat in _INT_STATS:
-            setattr(t, stat, int(value))
-        elif stat in _RENAMED:
-            setattr(t, _RENAMED[stat], int(value))
-    return out
+    """``{"<arm>:<field>": value}`` (a totals or bucket hash) as totals per arm."""
+    by_arm: dict[str, dict[str, str]] = {}
+    for name, value in raw.items():
+        arm, _, field = name.rpartition(":")
+        by_arm.setdefault(arm, {})[field] = value
+    return {arm: ArmTotals.from_fields(fields) for arm, fields in by_arm.items()}
 
 
 class RedisStore(Store):
@@ -155,9 +151,8 @@ class RedisStore(Store):
             batcher = batchers[exp] = Coalescer(lambda batch: flush(exp, batch))
         return await batcher.submit(items)
 
-    async def ping(self) -> bool:
-        """True when the server answers."""
-        return bool(await self._call("PING", self.client.ping()))
+    async def check(self) -> None:
+        await self._call("PING", self.client.ping())
 
     # -- Store -----------------------------------------------------------------------
 

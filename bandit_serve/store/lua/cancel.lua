@@ -8,14 +8,14 @@ local deltas = new_deltas()
 local todo = {}
 for i = 4, #KEYS do
   local rec = redis.call('HMGET', KEYS[i], 'arm', 'st')
-  if rec[1] and rec[2] == 'p' and not todo[KEYS[i]] then
+  if rec[1] and rec[2] == ST.pending and not todo[KEYS[i]] then
     todo[KEYS[i]] = rec[1]
     deltas:add(rec[1], 'errors', 1)
   end
 end
 local n = 0
 for key, arm in pairs(todo) do
-  redis.call('HSET', key, 'st', 'c')
+  redis.call('HSET', key, 'st', ST.withdrawn)
   redis.call('ZREM', due, string.match(key, ':ev:(.*)$') .. ':' .. arm)
   n = n + 1
 end

@@ -1,4 +1,6 @@
--- Shared helpers, put after the shebang line and before each script of this folder.
+-- Shared helpers, put after the shebang line and the generated prelude (FLOAT_STATS: the
+-- float counters of store/base.py's ARM_FIELDS; ST: the EventState codes) and before each
+-- script of this folder.
 -- Keys of one experiment carry its {name} hash tag, so a script never crosses slots.
 -- Arm statistics live in hashes with fields "<arm>:<stat>"; rewards are fixed-point
 -- integers of 1e-6 ("units"). Every script runs in two passes: all checks first, then
@@ -54,7 +56,7 @@ function Deltas:write(totals, bucket, bucket_expire_at)
   for arm, a in pairs(self.arms) do
     for stat, by in pairs(a) do
       local field = arm .. ':' .. stat
-      if stat == 'sq' or stat == 'psum' or stat == 'ipw' then
+      if FLOAT_STATS[stat] then
         local v = string.format('%.17g', by)
         redis.call('HINCRBYFLOAT', totals, field, v)
         redis.call('HINCRBYFLOAT', bucket, field, v)

@@ -26,7 +26,7 @@ for i = 4, #KEYS do
   local key = KEYS[i]
   if fresh[key] == i then
     local arm, p = ARGV[6 + (i - 4) * 2], ARGV[7 + (i - 4) * 2]
-    redis.call('HSET', key, 'arm', arm, 'p', p, 't', now, 'dl', deadline, 'st', 'p')
+    redis.call('HSET', key, 'arm', arm, 'p', p, 't', now, 'dl', deadline, 'st', ST.pending)
     redis.call('PEXPIREAT', key, ARGV[3])
     redis.call('ZADD', due, deadline, string.match(key, ':ev:(.*)$') .. ':' .. arm)
     written = written + 1

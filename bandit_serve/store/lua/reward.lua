@@ -21,10 +21,10 @@ for i = 4, #KEYS do
     local arm, dl, st, p = rec[1], rec[2], rec[3], tonumber(rec[4])
     if not arm then
       status = 'unknown'
-    elseif st == 'r' or taken[key] then
+    elseif st == ST.rewarded or taken[key] then
       status = 'duplicate'
       deltas:add(arm, 'dup', 1)
-    elseif st ~= 'p' or now > tonumber(dl) then
+    elseif st ~= ST.pending or now > tonumber(dl) then
       status = 'expired'
       deltas:add(arm, 'late', 1)
     else
@@ -45,7 +45,7 @@ if refused then
 end
 -- writes
 for _, a in ipairs(apply) do
-  redis.call('HSET', a[1], 'st', 'r')
+  redis.call('HSET', a[1], 'st', ST.rewarded)
   redis.call('ZREM', due, string.match(a[1], ':ev:(.*)$') .. ':' .. a[2])
 end
 deltas:write(totals, bucket, ARGV[4])

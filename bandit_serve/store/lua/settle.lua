@@ -20,7 +20,7 @@ for i = 4, #KEYS do
     local rec = redis.call('HMGET', key, 'st', 'p')
     local st, p = rec[1], tonumber(rec[2])
     todo[#todo + 1] = {key, member, st}
-    if st == false or st == 'p' then
+    if st == false or st == ST.pending then
       if mode == 'drop' then
         deltas:add(arm, 'dropped', 1)
       else
@@ -40,10 +40,10 @@ end
 local defaulted, dropped = 0, 0
 for _, t in ipairs(todo) do
   redis.call('ZREM', due, t[2])
-  if t[3] == 'p' then
-    redis.call('HSET', t[1], 'st', mode == 'drop' and 'x' or 'd')
+  if t[3] == ST.pending then
+    redis.call('HSET', t[1], 'st', mode == 'drop' and ST.dropped or ST.defaulted)
   end
-  if t[3] == false or t[3] == 'p' then
+  if t[3] == false or t[3] == ST.pending then
     if mode == 'drop' then dropped = dropped + 1 else defaulted = defaulted + 1 end
   end
 end
