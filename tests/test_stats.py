@@ -16,9 +16,9 @@ from statsmodels.stats.proportion import (
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from bandit_serve.config import ExperimentConfig
+from bandit_serve.errors import UnknownArmError
 from bandit_serve.policies import BetaThompson
 from bandit_serve.stats import (
-    UnknownArmError,
     analyze,
     msprt_confidence_sequence,
     msprt_p_value,
@@ -249,28 +249,42 @@ def experiment(
 def test_report_for_a_fixed_split_matches_the_tests_and_has_no_nan() -> None:
     cfg = experiment({"kind": "fixed"})
     totals = {
-        "a": ArmTotals(pulls=1000, rewards=1000, reward_units=100 * 10**6, reward_sq=100.0),
-        "b": ArmTotals(pulls=1010, rewards=1000, reward_units=130 * 10**6, reward_sq=130.0),
-        "c": ArmTotals(pulls=990, rewards=1),
+        # a fixed split logs each arm's weight with every decision: 3000 x 1/3 each
+        "a": ArmTotals(
+            pulls=1000,
+            rewards=1000,
+            reward_units=100 * 10**6,
+            reward_sq=100.0,
+            expected_pulls=1000.0,
+        ),
+        "b": ArmTotals(
+            pulls=1010,
+            rewards=1000,
+            reward_units=130 * 10**6,
+            reward_sq=130.0,
+            expected_pulls=1000.0,
+        ),
+        "c": ArmTotals(pulls=990, rewards=1, expected_pulls=1000.0),
     }
     rep = analyze(cfg, totals)
-    assert rep["baseline"] == "a" and not rep["adaptive"]
-    a, b, c = rep["arms"]
+    assert rep.baseline == "a" and not rep.adaptive
+    a, b, c = rep.arms
     z = two_proportion_ztest(1000, 130, 1000, 100)
-    assert b["effect"] == pytest.approx(0.03)
-    assert b["p_value"] == pytest.approx(float(z.p_value), abs=1e-12)
-    assert b["p_value_sequential"] >= b["p_value"]  # the price of peeking safely
-    assert c["p_value"] is None and "at least 2 rewards" in c["note"]
-    assert a["note"] == "baseline"
-    assert sum(x["p_best"] for x in rep["arms"]) == pytest.approx(1.0)
-    assert b["p_best"] > 10 * a["p_best"] and b["expected_loss"] < a["expected_loss"]
-    assert c["p_best"] > b["p_best"]  # one reward: a wide posterior, often the largest draw
-    assert rep["srm_p_value"] == pytest.approx(srm_test([1000, 1010, 990], [1, 1, 1])[1])
-    assert rep["srm_warning"] is None
-    assert "nan" not in repr(rep).lower()
+    assert b.effect == pytest.approx(0.03)
+    assert b.p_value == pytest.approx(float(z.p_value), abs=1e-12)
+    assert b.p_value is not None and b.p_value_sequential is not None
+    assert b.p_value_sequential >= b.p_value  # the price of peeking safely
+    assert c.p_value is None and "at least 2 rewards" in str(c.note)
+    assert a.note == "baseline"
+    assert sum(x.p_best for x in rep.arms) == pytest.approx(1.0)
+    assert b.p_best > 10 * a.p_best and b.expected_loss < a.expected_loss
+    assert c.p_best > b.p_best  # one reward: a wide posterior, often the largest draw
+    assert rep.srm_p_value == pytest.approx(srm_test([1000, 1010, 990], [1, 1, 1])[1])
+    assert rep.srm_warning is None
+    assert "nan" not in repr(rep.to_dict()).lower()
     with pytest.raises(UnknownArmError, match="no arm named 'zz'"):
         analyze(cfg, totals, baseline="zz")
-    assert analyze(cfg, totals, baseline="b")["arms"][0]["effect"] == pytest.approx(-0.03)
+    assert analyze(cfg, totals, baseline="b").arms[0].effect == pytest.approx(-0.03)
 
 
 def test_report_for_a_bandit_flags_bias_offers_ipw_and_uses_logged_propensities() -> None:
@@ -295,11 +309,11 @@ def test_report_for_a_bandit_flags_bias_offers_ipw_and_uses_logged_propensities(
         "c": ArmTotals(),
     }
     rep = analyze(cfg, totals)
-    assert rep["adaptive"] and "p_value" in rep["biased_by_adaptive_allocation"]
-    assert rep["test"] == "Welch t-test"
-    assert rep["arms"][0]["ipw_mean"] == pytest.approx(3300.0 / 1000)
-    assert rep["arms"][1]["ipw_mean"] == pytest.approx(4100.0 / 1000)
-    assert rep["srm_p_value"] == pytest.approx(srm_test([300, 700], [310, 690])[1])
-    assert "adaptively" in rep["notes"][0]
+    assert rep.adaptive and "p_value" in rep.biased_by_adaptive_allocation
+    assert rep.test == "Welch t-test"
+    assert rep.arms[0].ipw_mean == pytest.approx(3300.0 / 1000)
+    assert rep.arms[1].ipw_mean == pytest.approx(4100.0 / 1000)
+    assert rep.srm_p_value == pytest.approx(srm_test([300, 700], [310, 690])[1])
+    assert "adaptively" in rep.notes[0]
     bad = {**totals, "b": ArmTotals(pulls=900, rewards=10, expected_pulls=690.0)}
-    assert "sample ratio mismatch" in analyze(cfg, bad)["srm_warning"]
+    assert "sample ratio mismatch" in str(analyze(cfg, bad).srm_warning)

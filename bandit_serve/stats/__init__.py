@@ -2,15 +2,17 @@
 
 Fixed-horizon tests (:mod:`.frequentist`), power and sample size (:mod:`.power`),
 always-valid sequential tests (:mod:`.sequential`), P(best) and expected loss
-(:mod:`.bayes`), the sample-ratio-mismatch check (:mod:`.srm`), and the report that
-combines them (:mod:`.analysis`).
+(:mod:`.bayes`), the sample-ratio-mismatch check (:mod:`.srm`), the posterior of an arm's
+mean that every view shares (:mod:`.posterior`), and the report that combines them
+(:mod:`.analysis`).
 """
 
 from __future__ import annotations
 
-from bandit_serve.stats.analysis import UnknownArmError, analyze
+from bandit_serve.stats.analysis import AnalysisReport, ArmReport, analyze
 from bandit_serve.stats.bayes import prob_best_and_loss
 from bandit_serve.stats.frequentist import TestResult, two_proportion_ztest, welch_ttest
+from bandit_serve.stats.posterior import ArmPosterior, arm_posterior
 from bandit_serve.stats.power import (
     power_means,
     power_proportions,
@@ -22,9 +24,12 @@ from bandit_serve.stats.srm import SRM_THRESHOLD, srm_test
 
 __all__ = [
     "SRM_THRESHOLD",
+    "AnalysisReport",
+    "ArmPosterior",
+    "ArmReport",
     "TestResult",
-    "UnknownArmError",
     "analyze",
+    "arm_posterior",
     "msprt_confidence_sequence",
     "msprt_p_value",
     "power_means",

@@ -1,22 +1,30 @@
-"""The experiment report: every arm against a baseline, from the store's arm totals."""
+"""The experiment report: every arm against a baseline, from the store's arm totals.
+
+:func:`analyze` returns a typed, frozen :class:`AnalysisReport`; it becomes JSON only at
+the HTTP edge and in the CLI (:meth:`AnalysisReport.to_dict`). No number in it is NaN:
+what cannot be computed is None, and the row's ``note`` says why.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bandit_serve.config import ExperimentConfig, FixedConfig
-from bandit_serve.policies import ArmStats, GaussianThompson
+from bandit_serve.config import ExperimentConfig
+from bandit_serve.errors import UnknownArmError
 from bandit_serve.stats.bayes import DEFAULT_DRAWS, prob_best_and_loss
-from bandit_serve.stats.frequentist import two_proportion_ztest, welch_ttest
+from bandit_serve.stats.frequentist import TestResult, two_proportion_ztest, welch_ttest
+from bandit_serve.stats.posterior import arm_posterior
 from bandit_serve.stats.sequential import msprt_confidence_sequence, msprt_p_value
 from bandit_serve.stats.srm import SRM_THRESHOLD, srm_test
 from bandit_serve.store import ArmTotals
 
-__all__ = ["UnknownArmError", "analyze", "default_tau"]
+__all__ = ["AnalysisReport", "ArmReport", "analyze", "default_tau"]
 
 ADAPTIVE_NOTE = (
     "Traffic was allocated adaptively (policy {kind}): means, effects, intervals and both "
@@ -30,11 +38,61 @@ PEEKING_NOTE = (
     "Checking it repeatedly and stopping when it dips below alpha inflates false positives; "
     "p_value_sequential (mSPRT, tau = {tau:g}) stays valid at every look."
 )
+BIASED_FIELDS = ("mean", "effect", "ci_low", "ci_high", "p_value", "p_value_sequential")
 
 
-class UnknownArmError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+@dataclass(frozen=True)
+class ArmReport:
+    """One arm's row: its own numbers and its comparison with the baseline."""
+
+    name: str
+    samples: int  # rewards applied (defaults included)
+    decisions: int
+    mean: float | None
+    p_best: float
+    expected_loss: float
+    ipw_mean: float | None
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    p_value_sequential: float | None = None
+    cs_low: float | None = None
+    cs_high: float | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    """The whole report of one experiment against one baseline."""
+
+    experiment: str
+    baseline: str
+    alpha: float
+    tau: float
+    test: str
+    adaptive: bool
+    biased_by_adaptive_allocation: tuple[str, ...]
+    srm_chi2: float | None
+    srm_p_value: float
+    srm_warning: str | None
+    posterior_draws: int
+    notes: tuple[str, ...]
+    arms: tuple[ArmReport, ...]
+
+    def arm(self, name: str) -> ArmReport:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise UnknownArmError(f"no arm named {name!r} in this report")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (tuples become lists)."""
+        return dataclasses.asdict(self, dict_factory=_listing_dict)
+
+
+def _listing_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in items}
 
 
 def _num(x: Any) -> float | None:
@@ -43,6 +101,20 @@ def _num(x: Any) -> float | None:
         return None
     v = float(x)
     return v if math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class _Moments:
+    n: int
+    mean: float  # NaN without rewards
+    var: float  # sample variance; NaN below two rewards
+
+    @classmethod
+    def of(cls, t: ArmTotals) -> _Moments:
+        n = t.rewards
+        mean = t.reward_sum / n if n else math.nan
+        var = max(t.reward_sq - n * mean**2, 0.0) / (n - 1) if n > 1 else math.nan
+        return cls(n, mean, var)
 
 
 def default_tau(cfg: ExperimentConfig, sds: list[float]) -> float:
@@ -55,17 +127,66 @@ def default_tau(cfg: ExperimentConfig, sds: list[float]) -> float:
     return 0.1 * (float(np.sqrt(np.mean(np.square(finite)))) if finite else 1.0)
 
 
-def _posterior_draws(
-    cfg: ExperimentConfig, t: ArmTotals, draws: int, rng: np.random.Generator
-) -> np.ndarray[Any, np.dtype[np.float64]]:
-    n = t.rewards
-    if cfg.reward.kind == "gaussian":  # Normal-Inverse-Gamma(0, 1, 1, 1) posterior of the mean
-        st = ArmStats.from_arrays([[n]], [[t.reward_sum]], [[t.reward_sq]])
-        df, loc, scale = (float(v[0, 0]) for v in GaussianThompson().posterior(st))
-        return np.asarray(loc + scale * rng.standard_t(df, draws), dtype=np.float64)
+def _bayes(
+    cfg: ExperimentConfig, t: Mapping[str, ArmTotals], draws: int, seed: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """P(best) and expected loss per arm, from draws of each arm's posterior."""
+    rng = np.random.default_rng(seed)
     low, high = cfg.reward.bounds
-    s = (t.reward_sum - n * low) / (high - low)
-    return np.asarray(low + (high - low) * rng.beta(1 + s, 1 + n - s, draws), dtype=np.float64)
+    samples = np.column_stack(
+        [arm_posterior(cfg.reward.kind, low, high, t[a]).sample(rng, draws) for a in t]
+    )
+    return prob_best_and_loss(samples)
+
+
+def _srm(t: Mapping[str, ArmTotals]) -> tuple[float | None, float]:
+    """Logged decisions against the allocation: each decision adds the probabilities with
+    which the policy would pick every arm (``expected_pulls``), whatever the policy."""
+    observed = [x.pulls for x in t.values()]
+    if not sum(observed):
+        return 0.0, 1.0
+    chi2, p = srm_test(observed, [x.expected_pulls for x in t.values()])
+    return (chi2 if math.isfinite(chi2) else None), p
+
+
+def _compare(
+    base_name: str,
+    arm: _Moments,
+    base: _Moments,
+    t_arm: ArmTotals,
+    t_base: ArmTotals,
+    *,
+    proportions: bool,
+    alpha: float,
+    tau: float,
+) -> dict[str, Any]:
+    """The fixed-horizon and sequential comparison of one arm with the baseline."""
+    if min(arm.n, base.n) < 2:
+        return {"note": f"needs at least 2 rewards in this arm and in the baseline {base_name!r}"}
+    if not proportions and arm.var == 0 and base.var == 0:
+        return {"note": "every reward is identical in both arms: no variance to test with"}
+    r: TestResult
+    if proportions:
+        r = two_proportion_ztest(arm.n, t_arm.reward_sum, base.n, t_base.reward_sum, alpha)
+    else:
+        r = welch_ttest(arm.n, arm.mean, arm.var, base.n, base.mean, base.var, alpha)
+    out: dict[str, Any] = {
+        "effect": _num(r.effect),
+        "ci_low": _num(r.ci_low),
+        "ci_high": _num(r.ci_high),
+        "p_value": _num(r.p_value),
+    }
+    v = float(r.se) ** 2
+    if v > 0:
+        lo, hi = msprt_confidence_sequence(r.effect, v, tau, alpha)
+        out.update(
+            p_value_sequential=_num(msprt_p_value(r.effect, v, tau)),
+            cs_low=_num(lo),
+            cs_high=_num(hi),
+        )
+    else:
+        out["note"] = "zero variance in both arms: no sequential test"
+    return out
 
 
 def analyze(
@@ -77,89 +198,41 @@ def analyze(
     tau: float | None = None,
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Every arm against ``baseline`` (default: the first arm). No NaN in the output:
-    a number that cannot be computed is None, with a note saying why."""
+) -> AnalysisReport:
+    """Every arm against ``baseline`` (default: the first arm)."""
     names = cfg.arm_names
     base = baseline if baseline is not None else names[0]
     if base not in names:
         raise UnknownArmError(f"no arm named {base!r} in experiment {cfg.name!r}; arms: {names}")
-    zero = ArmTotals()
-    t = {a: totals.get(a, zero) for a in names}
-    n = {a: t[a].rewards for a in names}
-    mean = {a: (t[a].reward_sum / n[a] if n[a] else math.nan) for a in names}
-    var = {
-        a: (max(t[a].reward_sq - n[a] * mean[a] ** 2, 0.0) / (n[a] - 1) if n[a] > 1 else math.nan)
-        for a in names
-    }
-    tau = tau if tau is not None else default_tau(cfg, [math.sqrt(v) for v in var.values()])
+    t = {a: totals.get(a, ArmTotals()) for a in names}
+    m = {a: _Moments.of(t[a]) for a in names}
+    if tau is None:
+        tau = default_tau(cfg, [math.sqrt(x.var) for x in m.values()])
     proportions = cfg.reward.kind == "bernoulli"
-    adaptive = not isinstance(cfg.policy, FixedConfig)
+    adaptive = cfg.policy.policy_class.adaptive
+    p_best, loss = _bayes(cfg, t, draws, seed)
+    srm_chi2, srm_p = _srm(t)
+    settled = sum(x.n for x in m.values())
 
-    # Bayesian: P(best) and expected loss from posterior draws
-    rng = np.random.default_rng(seed)
-    samples = np.column_stack([_posterior_draws(cfg, t[a], draws, rng) for a in names])
-    p_best, loss = prob_best_and_loss(samples)
-
-    # Sample ratio: observed decisions against what the allocation implies
-    observed = [t[a].pulls for a in names]
-    if isinstance(cfg.policy, FixedConfig):
-        w = cfg.policy.weights or [1.0] * len(names)
-        k = len(names)
-        f = cfg.policy.min_share
-        expected = [(1 - k * f) * wi / sum(w) + f for wi in w]
-    else:
-        expected = [t[a].expected_pulls for a in names]
-    srm_chi2, srm_p = srm_test(observed, expected) if sum(observed) else (0.0, 1.0)
-
-    settled = sum(n.values())
-    arms = []
-    for a in names:
-        row: dict[str, Any] = {
-            "name": a,
-            "samples": n[a],
-            "decisions": t[a].pulls,
-            "mean": _num(mean[a]),
-            "effect": None,
-            "ci_low": None,
-            "ci_high": None,
-            "p_value": None,
-            "p_value_sequential": None,
-            "cs_low": None,
-            "cs_high": None,
-            "p_best": float(p_best[names.index(a)]),
-            "expected_loss": float(loss[names.index(a)]),
-            "ipw_mean": _num(t[a].ipw_sum / settled) if adaptive and settled else None,
-            "note": None,
-        }
+    rows = []
+    for i, a in enumerate(names):
+        row = ArmReport(
+            name=a,
+            samples=m[a].n,
+            decisions=t[a].pulls,
+            mean=_num(m[a].mean),
+            p_best=float(p_best[i]),
+            expected_loss=float(loss[i]),
+            ipw_mean=_num(t[a].ipw_sum / settled) if adaptive and settled else None,
+        )
         if a == base:
-            row["note"] = "baseline"
-        elif min(n[a], n[base]) < 2:
-            row["note"] = f"needs at least 2 rewards in this arm and in the baseline {base!r}"
-        elif not proportions and (var[a] == 0 and var[base] == 0):
-            row["note"] = "every reward is identical in both arms: no variance to test with"
+            row = dataclasses.replace(row, note="baseline")
         else:
-            if proportions:
-                r = two_proportion_ztest(n[a], t[a].reward_sum, n[base], t[base].reward_sum, alpha)
-            else:
-                r = welch_ttest(n[a], mean[a], var[a], n[base], mean[base], var[base], alpha)
-            v = float(r.se) ** 2
-            row.update(
-                effect=_num(r.effect),
-                ci_low=_num(r.ci_low),
-                ci_high=_num(r.ci_high),
-                p_value=_num(r.p_value),
+            cmp = _compare(
+                base, m[a], m[base], t[a], t[base], proportions=proportions, alpha=alpha, tau=tau
             )
-            if v > 0:
-                lo, hi = msprt_confidence_sequence(r.effect, v, tau, alpha)
-                row.update(
-                    p_value_sequential=_num(msprt_p_value(r.effect, v, tau)),
-                    cs_low=_num(lo),
-                    cs_high=_num(hi),
-                )
-            else:
-                row["note"] = "zero variance in both arms: no sequential test"
-        arms.append(row)
+            row = dataclasses.replace(row, **cmp)
+        rows.append(row)
 
     notes = [PEEKING_NOTE.format(tau=tau)]
     if adaptive:
@@ -171,22 +244,18 @@ def analyze(
             "do not match the allocation; decisions were lost or duplicated. Do not trust "
             "any other number here until this is explained."
         )
-    return {
-        "experiment": cfg.name,
-        "baseline": base,
-        "alpha": alpha,
-        "tau": tau,
-        "test": "two-proportion z-test" if proportions else "Welch t-test",
-        "adaptive": adaptive,
-        "biased_by_adaptive_allocation": (
-            ["mean", "effect", "ci_low", "ci_high", "p_value", "p_value_sequential"]
-            if adaptive
-            else []
-        ),
-        "srm_chi2": _num(srm_chi2) if math.isfinite(srm_chi2) else None,
-        "srm_p_value": srm_p,
-        "srm_warning": warning,
-        "posterior_draws": draws,
-        "notes": notes,
-        "arms": arms,
-    }
+    return AnalysisReport(
+        experiment=cfg.name,
+        baseline=base,
+        alpha=alpha,
+        tau=tau,
+        test="two-proportion z-test" if proportions else "Welch t-test",
+        adaptive=adaptive,
+        biased_by_adaptive_allocation=BIASED_FIELDS if adaptive else (),
+        srm_chi2=srm_chi2,
+        srm_p_value=srm_p,
+        srm_warning=warning,
+        posterior_draws=draws,
+        notes=tuple(notes),
+        arms=tuple(rows),
+    )
