@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from bandit_serve.errors import ConfigError
+from bandit_serve.service.options import AppArgs
 
 app = typer.Typer(
     name="bandit-serve",
@@ -118,45 +119,58 @@ def simulate(
         typer.echo(f"wrote {out}/summary.json, regret.csv, regret.png, share.png")
 
 
+_RUN = AppArgs.model_fields
+
+
+def _opt(field: str, flag: str | None = None, **kw: Any) -> Any:
+    """A ``run`` option whose default and help come from :class:`AppArgs`."""
+    f = _RUN[field]
+    names = [flag] if flag else []
+    return typer.Option(*names, help=f.description, **kw)
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment config file (YAML).")],
     host: Annotated[str, typer.Option(help="HTTP host.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Redis URL (else REDIS_URL, else the config, else local)."),
-    ] = None,
+    redis_url: Annotated[str | None, _opt("redis_url")] = None,
     address: Annotated[
         str | None, typer.Option(help="Join this Ray cluster instead of starting one.")
     ] = None,
-    router_replicas: Annotated[int, typer.Option(min=1, help="BanditRouter replicas.")] = 2,
+    router_replicas: Annotated[int, _opt("router_replicas", min=1)] = _RUN[
+        "router_replicas"
+    ].default,
     model_batch_size: Annotated[
-        int, typer.Option(min=1, help="Batch concurrent calls to a model (@serve.batch) above 1.")
-    ] = 1,
-    max_ongoing_requests: Annotated[
-        int, typer.Option(min=1, help="Requests one router replica works on at once.")
-    ] = 100,
-    max_queued_requests: Annotated[
-        int, typer.Option(min=-1, help="Queued beyond those; more get 503 + Retry-After.")
-    ] = 500,
+        int, _opt("model_max_batch_size", "--model-batch-size", min=1)
+    ] = _RUN["model_max_batch_size"].default,
+    max_ongoing_requests: Annotated[int, _opt("max_ongoing_requests", min=1)] = _RUN[
+        "max_ongoing_requests"
+    ].default,
+    max_queued_requests: Annotated[int, _opt("max_queued_requests", min=-1)] = _RUN[
+        "max_queued_requests"
+    ].default,
+    retry_after_s: Annotated[float, _opt("retry_after_s", min=0)] = _RUN["retry_after_s"].default,
+    model_timeout_s: Annotated[float, _opt("model_timeout_s", min=0.001)] = _RUN[
+        "model_timeout_s"
+    ].default,
 ) -> None:
     """Serve the config's experiments on Ray Serve until Ctrl-C (redeploys on file change)."""
     from bandit_serve.errors import BanditServeError
     from bandit_serve.service.runner import run_service
 
+    args = AppArgs(
+        config=str(config),
+        redis_url=redis_url,
+        router_replicas=router_replicas,
+        model_max_batch_size=model_batch_size,
+        max_ongoing_requests=max_ongoing_requests,
+        max_queued_requests=max_queued_requests,
+        retry_after_s=retry_after_s,
+        model_timeout_s=model_timeout_s,
+    )
     try:
-        run_service(
-            config,
-            host=host,
-            port=port,
-            redis_url=redis_url,
-            address=address,
-            router_replicas=router_replicas,
-            model_batch_size=model_batch_size,
-            max_ongoing_requests=max_ongoing_requests,
-            max_queued_requests=max_queued_requests,
-        )
+        run_service(args, host=host, port=port, address=address)
     except BanditServeError as err:
         raise fail(str(err)) from None
 

@@ -18,20 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import stats as sps
 
-from bandit_serve.config import UNIT_INTERVAL_POLICIES, AppConfig, ExperimentConfig
-from bandit_serve.errors import BanditServeError, StoreError, UnknownExperimentError
-from bandit_serve.policies import ArmStats, BetaThompson, FrozenDistribution, GaussianThompson
-from bandit_serve.store import ArmTotals, DecisionRecord, ExperimentSettings, RewardOutcome, Store
+from bandit_serve.config import AppConfig, ExperimentConfig
+from bandit_serve.errors import ModelError, StoreError, UnknownExperimentError
+from bandit_serve.policies import ArmStats, FrozenDistribution
+from bandit_serve.stats import AnalysisReport, analyze, arm_posterior
+from bandit_serve.store import ArmTotals, DecisionRecord, RewardOutcome, Store
 
-__all__ = [
-    "BanditService",
-    "ExperimentRouter",
-    "ModelCaller",
-    "ModelError",
-    "Prediction",
-]
+__all__ = ["BanditService", "ExperimentRouter", "ModelCaller", "Prediction"]
 
 log = logging.getLogger("bandit_serve")
 
@@ -42,15 +36,6 @@ class ModelCaller(Protocol):
     """Calls the model of one arm: ``await caller(experiment, arm, inputs)``."""
 
     def __call__(self, experiment: str, arm: str, inputs: Any) -> Awaitable[Any]: ...
-
-
-class ModelError(BanditServeError):
-    """The model of an arm raised or timed out; the decision was withdrawn."""
-
-    def __init__(self, experiment: str, arm: str, reason: str) -> None:
-        super().__init__(f"the model of arm {arm!r} in experiment {experiment!r} failed: {reason}")
-        self.experiment = experiment
-        self.arm = arm
 
 
 @dataclass(frozen=True)
@@ -88,7 +73,7 @@ class ExperimentRouter:
     def configure(self, cfg: ExperimentConfig) -> None:
         """Take a new config of the same experiment (arms, policy, reward spec)."""
         self.cfg = cfg
-        self.settings = ExperimentSettings.from_config(cfg)
+        self.settings = cfg.store_settings()
         self.policy = cfg.build_policy()
         self.arms = cfg.arm_names
         self.frozen: FrozenDistribution | None = None
@@ -104,7 +89,7 @@ class ExperimentRouter:
         st = ArmStats.from_arrays(
             [x.rewards for x in t], [x.reward_sum for x in t], [x.reward_sq for x in t]
         )
-        if self.policy.kind in UNIT_INTERVAL_POLICIES:
+        if self.policy.unit_interval:
             st = st.rescaled(self.settings.low, self.settings.high)
         return st
 
@@ -174,41 +159,10 @@ class ExperimentRouter:
         total = sum(pulls.values())
         return {a: (p / total if total else 0.0) for a, p in pulls.items()}
 
-    def posterior(self, totals: ArmTotals) -> dict[str, float | None]:
-        """Posterior of an arm's mean reward with a 95% interval, on the reward scale.
-
-        Beta for bernoulli and bounded rewards (the policy's prior when it is Thompson
-        sampling, else uniform), Student t from a Normal-Inverse-Gamma for gaussian.
-        """
-        low, high = self.settings.low, self.settings.high
-        n = totals.rewards
-        if self.cfg.reward.kind == "gaussian":
-            p = self.policy if isinstance(self.policy, GaussianThompson) else GaussianThompson()
-            st = ArmStats.from_arrays([[n]], [[totals.reward_sum]], [[totals.reward_sq]])
-            df, loc, scale = (float(v[0, 0]) for v in p.posterior(st))
-            lo, hi = sps.t.interval(0.95, df, loc=loc, scale=scale)
-            return {"mean": loc, "low": float(lo), "high": float(hi)}
-        a0, b0 = (
-            (self.policy.alpha, self.policy.beta)
-            if isinstance(self.policy, BetaThompson)
-            else (1.0, 1.0)
-        )
-        width = high - low
-        s = (totals.reward_sum - n * low) / width
-        a, b = a0 + s, b0 + n - s
-        lo, hi = sps.beta.interval(0.95, a, b)
-        return {
-            "mean": low + width * a / (a + b),
-            "low": low + width * float(lo),
-            "high": low + width * float(hi),
-        }
-
     async def analysis(
         self, baseline: str | None = None, alpha: float = 0.05, tau: float | None = None
-    ) -> dict[str, Any]:
+    ) -> AnalysisReport:
         """The statistical report (:func:`bandit_serve.stats.analyze`) on fresh totals."""
-        from bandit_serve.stats import analyze
-
         totals = await self.store.snapshot(self.settings.name)
         return analyze(self.cfg, totals, baseline=baseline, alpha=alpha, tau=tau)
 
@@ -216,24 +170,16 @@ class ExperimentRouter:
         """The experiment as ``GET /v1/experiments/{name}`` shows it, read from the store."""
         totals = await self.store.snapshot(self.settings.name)
         share = await self.traffic_share()
+        low, high = self.settings.low, self.settings.high
         arms = []
         for name in self.arms:
             t = totals.get(name, ArmTotals())
             arms.append(
                 {
                     "name": name,
-                    "pulls": t.pulls,
-                    "rewards": t.rewards,
-                    "reward_sum": t.reward_sum,
-                    "mean": t.mean,
-                    "pending": t.pending,
-                    "defaulted": t.defaulted,
-                    "dropped": t.dropped,
-                    "errors": t.errors,
-                    "duplicates": t.duplicates,
-                    "late": t.late,
+                    **t.public(),
                     "traffic_share": share[name],
-                    "posterior": self.posterior(t),
+                    "posterior": arm_posterior(self.cfg.reward.kind, low, high, t).summary(),
                 }
             )
         return {

@@ -11,10 +11,9 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bandit_serve.errors import StoreError, UnknownExperimentError
+from bandit_serve.errors import ModelError, StoreError, UnknownArmError, UnknownExperimentError
 from bandit_serve.service import metrics
-from bandit_serve.service.core import BanditService, ModelError
-from bandit_serve.stats import UnknownArmError
+from bandit_serve.service.core import BanditService
 from bandit_serve.store import RewardOutcome
 
 __all__ = ["MAX_REWARD_BATCH", "create_api"]
@@ -166,7 +165,7 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
             report = await router.analysis(baseline=baseline, alpha=alpha, tau=tau)
         except UnknownArmError as err:
             return JSONResponse({"detail": str(err)}, status_code=404)
-        return JSONResponse(_finite(report))
+        return JSONResponse(_finite(report.to_dict()))
 
     @api.get("/metrics")
     async def get_metrics() -> Response:
@@ -178,7 +177,7 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
     async def healthz() -> JSONResponse:
         service = get_service()
         try:
-            await service.store.snapshot("__healthz__")
+            await service.store.check()
         except StoreError as err:
             return JSONResponse({"status": "unavailable", "detail": str(err)}, status_code=503)
         return JSONResponse({"status": "ok", "experiments": sorted(service.routers)})

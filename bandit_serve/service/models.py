@@ -16,7 +16,7 @@ import numpy as np
 
 from bandit_serve.config import CallableModel, SklearnModel
 
-__all__ = ["LoadedModel", "identity", "load_model"]
+__all__ = ["LoadedModel", "identity"]
 
 
 def identity(inputs: Any) -> Any:
@@ -69,7 +69,3 @@ class LoadedModel:
             if all(r.ndim == 1 and r.shape == rows[0].shape for r in rows):
                 return list(self._estimator.predict(np.stack(rows)).tolist())
         return [self.predict(b) for b in batch]
-
-
-def load_model(ref: SklearnModel | CallableModel) -> LoadedModel:
-    return LoadedModel(ref)

@@ -16,25 +16,21 @@ import os
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bandit_serve.config import AppConfig, CallableModel, SklearnModel, load_config
-from bandit_serve.service import metrics, replica_state
+from bandit_serve.config import MODEL_REF, AppConfig, load_config
+from bandit_serve.service import metrics
 from bandit_serve.service.core import BanditService
 from bandit_serve.service.http import create_api
 from bandit_serve.service.models import LoadedModel
+from bandit_serve.service.options import AppArgs, resolve_redis_url
 from bandit_serve.store import RedisStore
 
 __all__ = ["AppArgs", "BanditRouter", "ModelVersion", "build_app", "model_deployment_name"]
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-api: FastAPI = create_api(replica_state.get)
 
 
 class _ReplicaHeader:
@@ -59,9 +55,6 @@ class _ReplicaHeader:
         await self.app(scope, receive, send_named)
 
 
-api.add_middleware(_ReplicaHeader)
-
-
 def model_deployment_name(experiment: str, arm: str) -> str:
     return f"model-{experiment}-{arm}"
 
@@ -71,12 +64,7 @@ class ModelVersion:
     """Hosts one arm's model. With ``max_batch_size > 1`` concurrent calls are batched."""
 
     def __init__(self, model: dict[str, Any], max_batch_size: int, batch_wait_s: float) -> None:
-        ref: SklearnModel | CallableModel = (
-            SklearnModel.model_validate(model)
-            if model["kind"] == "sklearn"
-            else CallableModel.model_validate(model)
-        )
-        self.model = LoadedModel(ref)
+        self.model = LoadedModel(MODEL_REF.validate_python(model))
         self.batching = max_batch_size > 1
         if self.batching:
             batched: Any = self._batched  # serve.batch adds these setters
@@ -108,9 +96,14 @@ def _observe(experiment: str, arm: str, seconds: float, failed: bool) -> None:
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
-@serve.ingress(api)
+@serve.ingress()
 class BanditRouter:
-    """The ingress: the HTTP API over a :class:`BanditService` on Redis."""
+    """The ingress: the HTTP API over a :class:`BanditService` on Redis.
+
+    Serve calls, in order: the constructor, :meth:`__serve_build_asgi_app__` (the
+    replica's FastAPI app), then :meth:`reconfigure` with the experiment config, which
+    creates the service and starts its background loops (and on later calls changes it).
+    """
 
     def __init__(
         self, handles: dict[str, DeploymentHandle[Any]], redis_url: str, model_timeout: float
@@ -120,38 +113,26 @@ class BanditRouter:
         self.model_timeout = model_timeout
         self.service: BanditService | None = None
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        api = create_api(self._service)
+        api.add_middleware(_ReplicaHeader)
+        return api
+
+    def _service(self) -> BanditService:
+        if self.service is None:
+            raise RuntimeError("the router replica has not been configured yet")
+        return self.service
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A new experiment config (validated by pydantic) applied in place."""
         cfg = AppConfig.model_validate(user_config)
         if self.service is None:
             self.service = BanditService(
                 cfg, self.store, self.caller, model_timeout=self.model_timeout, observe=_observe
             )
+            self.service.start()
         else:
             self.service.reconfigure(cfg)
-        replica_state.service = self.service
-
-
-class AppArgs(BaseModel):
-    """Arguments of the app builder (``serve run ...:build_app config=...``)."""
-
-    config: str = Field(description="Experiment config file (YAML).")
-    redis_url: str | None = Field(None, description="Overrides REDIS_URL and the config.")
-    router_replicas: int = Field(2, ge=1)
-    max_ongoing_requests: int = Field(100, ge=1, description="Per router replica.")
-    max_queued_requests: int = Field(
-        500, ge=-1, description="Beyond this, new requests get 503 (bounded queue)."
-    )
-    retry_after_s: float = Field(
-        1.0, ge=0, description="Retry-After (seconds, rounded up) on those 503 answers."
-    )
-    model_max_batch_size: int = Field(1, ge=1, description="> 1 batches model calls.")
-    model_batch_wait_s: float = Field(0.002, ge=0)
-    model_timeout_s: float = Field(30.0, gt=0)
-
-
-def resolve_redis_url(args_url: str | None, cfg: AppConfig) -> str:
-    return args_url or os.environ.get("REDIS_URL") or cfg.redis_url or DEFAULT_REDIS_URL
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:

@@ -1,0 +1,50 @@
+"""Run options of the Ray Serve app, in one place: the CLI, ``serve run``/``serve deploy``
+(``deployments/serve.yaml``'s ``args``) and the tests all build this one model.
+
+No Ray here: the CLI imports it at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+from bandit_serve.config import AppConfig
+
+__all__ = ["DEFAULT_REDIS_URL", "AppArgs", "resolve_redis_url"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class AppArgs(BaseModel):
+    """Arguments of the app builder (``serve run ...:build_app config=...``)."""
+
+    config: str = Field(description="Experiment config file (YAML).")
+    redis_url: str | None = Field(
+        None, description="Redis URL (else REDIS_URL, else the config, else local)."
+    )
+    router_replicas: int = Field(2, ge=1, description="BanditRouter replicas.")
+    max_ongoing_requests: int = Field(
+        100, ge=1, description="Requests one router replica works on at once."
+    )
+    max_queued_requests: int = Field(
+        500, ge=-1, description="Queued beyond those; more get 503 + Retry-After."
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After (seconds, rounded up) on those 503 answers."
+    )
+    model_max_batch_size: int = Field(
+        1, ge=1, description="Batch concurrent calls to a model (@serve.batch) above 1."
+    )
+    model_batch_wait_s: float = Field(
+        0.002, ge=0, description="How long a model batch waits to fill."
+    )
+    model_timeout_s: float = Field(
+        30.0, gt=0, description="A model call slower than this is the arm's error."
+    )
+
+
+def resolve_redis_url(args_url: str | None, cfg: AppConfig) -> str:
+    """The Redis URL: the argument, else REDIS_URL, else the config file, else local."""
+    return args_url or os.environ.get("REDIS_URL") or cfg.redis_url or DEFAULT_REDIS_URL
