@@ -44,11 +44,16 @@ def server() -> Iterator[str]:
     thread = threading.Thread(target=lambda: asyncio.run(srv.serve()), daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    deadline = time.monotonic() + 10
+    while True:
         try:
             httpx.get(f"{base}/healthz", timeout=1)
             break
-        except httpx.HTTPError:
+        except httpx.HTTPError as err:
+            if time.monotonic() > deadline or not thread.is_alive():
+                srv.should_exit = True
+                thread.join(timeout=10)
+                pytest.fail(f"the uvicorn server at {base} never answered /healthz ({err!r})")
             time.sleep(0.05)
     yield base
     srv.should_exit = True

@@ -21,9 +21,12 @@ from tests.conftest import delete_experiment_keys, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "bandit-serve-e2e"
+ARMS_AB = {"a": "echo_a", "b": "echo_b"}  # arm name -> model function in tests.fixtures.models
+ARMS_ABC = {**ARMS_AB, "c": "echo_b"}
 
 
-def write_config(path: Path, exp: str, arms: dict[str, str]) -> Path:
+def write_config(path: Path, experiments: dict[str, dict[str, str]]) -> Path:
+    """A config of experiments ``{name: {arm: model function in tests.fixtures.models}}``."""
     path.write_text(
         yaml.safe_dump(
             {
@@ -38,6 +41,7 @@ def write_config(path: Path, exp: str, arms: dict[str, str]) -> Path:
                         "reward": {"kind": "bernoulli", "wait_seconds": 600},
                         "sync_interval_seconds": 0.1,
                     }
+                    for exp, arms in experiments.items()
                 ]
             }
         )
@@ -45,28 +49,43 @@ def write_config(path: Path, exp: str, arms: dict[str, str]) -> Path:
     return path
 
 
+def deploy(config: Path, redis_url: str, name: str, route_prefix: str, **args: Any) -> None:
+    """What `bandit-serve run` does (also when the file changes), and `serve deploy`."""
+    from bandit_serve.service.serve_app import AppArgs, build_app
+
+    app_args = AppArgs(config=str(config), redis_url=redis_url, **args)
+    serve.run(build_app(app_args), name=name, route_prefix=route_prefix)
+
+
+def arm_state(url: str) -> dict[str, Any]:
+    """The arms of ``GET <url>`` (an experiment's URL), by name."""
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200, r.text
+    return {a["name"]: a for a in r.json()["arms"]}
+
+
 class Deployed:
-    def __init__(self, base: str, exp: str, config: Path, redis_url: str) -> None:
+    """The module's Serve instance with its shared app (2 routers), which no test redeploys.
+
+    Each test has an experiment of its own (the shared app serves ``exp`` and
+    ``rewards_exp``; a test that changes a deployment deploys an app of its own), and
+    compares against the state it reads at its start: any order, any subset.
+    """
+
+    def __init__(self, base: str, prefix: str, redis_url: str) -> None:
         self.base = base
-        self.exp = exp
-        self.config = config
+        self.prefix = prefix
+        self.exp = prefix  # predictions and metrics: read-only or self-contained writes
+        self.rewards_exp = f"{prefix}-rewards"  # the one whose traffic must move to b
         self.redis_url = redis_url
 
-    def deploy(self) -> None:
-        from bandit_serve.service.serve_app import AppArgs, build_app
-
-        args = AppArgs(config=str(self.config), redis_url=self.redis_url, router_replicas=2)
-        serve.run(build_app(args), name=APP, route_prefix="/")
-
-    def state(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.base}/v1/experiments/{self.exp}", timeout=30)
-        assert r.status_code == 200, r.text
-        return {a["name"]: a for a in r.json()["arms"]}
+    def state(self, exp: str) -> dict[str, Any]:
+        return arm_state(f"{self.base}/v1/experiments/{exp}")
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Deployed]:
-    exp = f"e2e-{os.getpid()}-{int(time.time())}"
+    prefix = f"e2e-{os.getpid()}-{int(time.time())}"
     port = free_port()
     ray.init(
         num_cpus=2,
@@ -74,22 +93,18 @@ def deployed(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
     )
+    d = Deployed(f"http://127.0.0.1:{port}", prefix, redis_url)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        d = Deployed(
-            f"http://127.0.0.1:{port}",
-            exp,
-            write_config(
-                tmp_path_factory.mktemp("cfg") / "e2e.yaml", exp, {"a": "echo_a", "b": "echo_b"}
-            ),
-            redis_url,
-        )
-        d.deploy()
+        config = tmp_path_factory.mktemp("cfg") / "e2e.yaml"
+        write_config(config, {d.exp: ARMS_AB, d.rewards_exp: ARMS_AB})
+        deploy(config, redis_url, APP, "/", router_replicas=2)
         yield d
     finally:
         serve.shutdown()
         ray.shutdown()
-        delete_experiment_keys(redis_url, exp)
+        for exp in (d.exp, d.rewards_exp):
+            delete_experiment_keys(redis_url, exp)
 
 
 def test_predictions_come_from_the_chosen_arms_model(deployed: Deployed) -> None:
@@ -107,7 +122,8 @@ def test_predictions_come_from_the_chosen_arms_model(deployed: Deployed) -> None
 async def test_rewards_through_both_replicas_count_once_and_traffic_moves(
     deployed: Deployed,
 ) -> None:
-    before = deployed.state()
+    exp = deployed.rewards_exp
+    before = deployed.state(exp)
     rng = np.random.default_rng(5)
     posted = Counter[str]()
     posted_sum: dict[str, float] = {"a": 0.0, "b": 0.0}
@@ -117,7 +133,7 @@ async def test_rewards_through_both_replicas_count_once_and_traffic_moves(
     async with httpx.AsyncClient(base_url=deployed.base, timeout=30) as client:
 
         async def one() -> None:
-            r = await client.post(f"/v1/experiments/{deployed.exp}/predict", json={"inputs": 0})
+            r = await client.post(f"/v1/experiments/{exp}/predict", json={"inputs": 0})
             assert r.status_code == 200, r.text
             p = r.json()
             arms_over_time.append(p["arm"])
@@ -125,10 +141,7 @@ async def test_rewards_through_both_replicas_count_once_and_traffic_moves(
             reward = float(rng.random() < (0.9 if p["arm"] == "b" else 0.1))  # b is better
             body = {"event_id": p["event_id"], "reward": reward}
             answers = await asyncio.gather(
-                *(
-                    client.post(f"/v1/experiments/{deployed.exp}/rewards", json=body)
-                    for _ in range(3)
-                )
+                *(client.post(f"/v1/experiments/{exp}/rewards", json=body) for _ in range(3))
             )
             for a in answers:
                 statuses[a.json()["status"]] += 1
@@ -140,7 +153,7 @@ async def test_rewards_through_both_replicas_count_once_and_traffic_moves(
             await asyncio.gather(*(one() for _ in range(10)))
     assert len(replicas) == 2  # both router replicas answered
     assert statuses == {"applied": 300, "duplicate": 600}
-    after = deployed.state()
+    after = deployed.state(exp)
     for arm in ("a", "b"):
         assert after[arm]["pulls"] - before[arm]["pulls"] == posted[arm]
         assert after[arm]["rewards"] - before[arm]["rewards"] == posted[arm]
@@ -151,7 +164,13 @@ async def test_rewards_through_both_replicas_count_once_and_traffic_moves(
 
 
 def test_metrics_agree_with_state_whichever_replica_answers(deployed: Deployed) -> None:
-    state = deployed.state()
+    with httpx.Client(base_url=f"{deployed.base}/v1/experiments/{deployed.exp}") as c:
+        for i in range(6):  # some statistics of this test's own, whatever ran before
+            p = c.post("/predict", json={"inputs": i}, timeout=30).json()
+            body = {"event_id": p["event_id"], "reward": float(i % 2)}
+            assert c.post("/rewards", json=body, timeout=30).json()["status"] == "applied"
+    state = deployed.state(deployed.exp)
+    assert sum(a["pulls"] for a in state.values()) >= 6
     seen: set[str] = set()
 
     async def scrape_round(client: httpx.AsyncClient) -> list[httpx.Response]:
@@ -179,25 +198,40 @@ def test_metrics_agree_with_state_whichever_replica_answers(deployed: Deployed) 
     assert len(seen) == 2, f"only replica {seen} answered {checked} scrapes"
 
 
-def test_live_arm_addition_keeps_old_statistics(deployed: Deployed) -> None:
-    before = deployed.state()
-    write_config(deployed.config, deployed.exp, {"a": "echo_a", "b": "echo_b", "c": "echo_b"})
-    deployed.deploy()  # what `bandit-serve run` does when the file changes, and `serve deploy`
-    after = deployed.state()
-    assert set(after) == {"a", "b", "c"}
-    for arm in ("a", "b"):
-        for k in ("pulls", "rewards", "reward_sum"):
-            assert after[arm][k] == before[arm][k]
-    assert (after["c"]["pulls"], after["c"]["rewards"]) == (0, 0)
-    arms = Counter(
-        httpx.post(
-            f"{deployed.base}/v1/experiments/{deployed.exp}/predict", json={"inputs": 1}, timeout=30
-        ).json()["arm"]
-        for _ in range(150)
-    )
-    # The new arm starts from the prior: against a ~0.9 arm its Thompson share is ~10%
-    # (never below the 2% floor), so 150 tries miss it with probability < 1e-6 (0.9^150).
-    assert arms["c"] > 0
+def test_live_arm_addition_keeps_old_statistics(deployed: Deployed, tmp_path: Path) -> None:
+    """An app of this test's own (2 routers, as the shared one), redeployed with a third arm."""
+    exp, app, route = f"{deployed.prefix}-arms", "arm-addition", "/arm-addition"
+    url = f"{deployed.base}{route}/v1/experiments/{exp}"
+    config = write_config(tmp_path / "arms.yaml", {exp: ARMS_AB})
+    try:
+        deploy(config, deployed.redis_url, app, route, router_replicas=2)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for i in range(40):  # statistics to keep: both arms near a mean reward of 0.5
+                p = c.post("/predict", json={"inputs": i}).json()
+                body = {"event_id": p["event_id"], "reward": float(i % 2)}
+                assert c.post("/rewards", json=body).json()["status"] == "applied"
+        before = arm_state(url)
+        assert set(before) == {"a", "b"}
+        assert sum(a["rewards"] for a in before.values()) == 40
+        write_config(config, {exp: ARMS_ABC})
+        deploy(config, deployed.redis_url, app, route, router_replicas=2)  # the file changed
+        after = arm_state(url)
+        assert set(after) == {"a", "b", "c"}
+        for arm in ("a", "b"):
+            for k in ("pulls", "rewards", "reward_sum"):
+                assert after[arm][k] == before[arm][k]
+        assert (after["c"]["pulls"], after["c"]["rewards"]) == (0, 0)
+        arms = Counter(
+            httpx.post(f"{url}/predict", json={"inputs": 1}, timeout=30).json()["arm"]
+            for _ in range(150)
+        )
+        # The new arm starts from the Beta(1, 1) prior, against two arms of mean reward ~0.5
+        # (40 rewards between them): its Thompson share is about a third, so 150 tries all
+        # miss it with probability ~(2/3)^150, far below 1e-6.
+        assert arms["c"] > 0, arms
+    finally:
+        serve.delete(app)
+        delete_experiment_keys(deployed.redis_url, exp)
 
 
 def test_overload_answers_503_with_retry_after_and_records_nothing(
@@ -206,19 +240,8 @@ def test_overload_answers_503_with_retry_after_and_records_nothing(
     """A router sized to 2 running + 2 queued requests, hit by 12 at once with a 0.5 s model:
     the excess is refused at once with 503 + Retry-After (a bounded queue), and a refused
     request leaves no decision behind."""
-    from bandit_serve.service.serve_app import AppArgs, build_app
-
-    exp = f"{deployed.exp}-overload"
-    cfg = write_config(tmp_path / "overload.yaml", exp, {"a": "sleepy", "b": "sleepy"})
-    args = AppArgs(
-        config=str(cfg),
-        redis_url=deployed.redis_url,
-        router_replicas=1,
-        max_ongoing_requests=2,
-        max_queued_requests=2,
-        retry_after_s=2,
-    )
-    serve.run(build_app(args), name="overload", route_prefix="/overload")
+    exp = f"{deployed.prefix}-overload"
+    cfg = write_config(tmp_path / "overload.yaml", {exp: {"a": "sleepy", "b": "sleepy"}})
     base = f"{deployed.base}/overload/v1/experiments/{exp}"
 
     async def burst() -> list[httpx.Response]:
@@ -228,6 +251,16 @@ def test_overload_answers_503_with_retry_after_and_records_nothing(
             )
 
     try:
+        deploy(
+            cfg,
+            deployed.redis_url,
+            "overload",
+            "/overload",
+            router_replicas=1,
+            max_ongoing_requests=2,
+            max_queued_requests=2,
+            retry_after_s=2,
+        )
         answers = asyncio.run(burst())
         codes = Counter(r.status_code for r in answers)
         assert set(codes) <= {200, 503}, [r.text for r in answers]
