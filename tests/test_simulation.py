@@ -18,6 +18,7 @@ from bandit_serve.policies import ArmStats, Policy
 from bandit_serve.policies.base import FloatArray, IntArray
 from bandit_serve.simulation import Scenario, load_scenario, simulate_policy
 from bandit_serve.simulation.engine import lai_robbins_constant
+from bandit_serve.simulation.environment import Environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,6 +175,53 @@ def test_stale_statistics_refresh_every_sync_every_steps() -> None:
     np.testing.assert_array_equal(seen[:, 0], (np.arange(30) // 10) * 10)
 
 
+class AliasWatcher(Watcher):
+    """A Watcher that also notes whether the sums it is shown share memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aliased = False
+
+    def _choose(self, stats: ArmStats, rng: np.random.Generator) -> IntArray:
+        self.aliased |= np.shares_memory(stats.total, stats.total_sq)
+        return super()._choose(stats, rng)
+
+
+@pytest.mark.parametrize("sync_every", [1, 7])
+@pytest.mark.parametrize(
+    ("default_reward", "missing_rate", "total_per_obs", "sq_per_obs"),
+    [(0.0, 0.0, [0.0, 1.0], [0.0, 1.0]), (0.5, 1.0, [0.5, 0.5], [0.25, 0.25])],
+    ids=["binary", "default-0.5"],
+)
+def test_the_sum_of_squares_is_its_own_array_and_exact(
+    sync_every: int,
+    default_reward: float,
+    missing_rate: float,
+    total_per_obs: list[float],
+    sq_per_obs: list[float],
+) -> None:
+    # arms of mean 0 and 1 reward 0 and 1 for sure; a missing reward becomes the default
+    sc = scenario(
+        horizon=60,
+        runs=3,
+        arms=[
+            {"name": "a", "reward": {"kind": "bernoulli", "mean": 0.0}},
+            {"name": "b", "reward": {"kind": "bernoulli", "mean": 1.0}},
+        ],
+        sync_every=sync_every,
+        missing_rate=missing_rate,
+        wait_steps=3,
+        default_reward=default_reward,
+    )
+    w = AliasWatcher()
+    simulate_policy(sc, sc.policies[0], 0, policy=w)
+    assert w.seen[-1].count.min() > 10
+    for s in w.seen:
+        np.testing.assert_array_equal(s.total, s.count * total_per_obs)
+        np.testing.assert_array_equal(s.total_sq, s.count * sq_per_obs)
+    assert not w.aliased
+
+
 # -- regret is measured against expected rewards, and against the best arm now ------
 
 
@@ -200,6 +248,76 @@ def test_lai_robbins_constant_by_hand() -> None:
     means = np.array([0.1, 0.3])
     kl = 0.1 * math.log(0.1 / 0.3) + 0.9 * math.log(0.9 / 0.7)
     assert lai_robbins_constant(means) == pytest.approx(0.2 / kl)
+    # an arm of mean 0: KL(0, 0.3) = ln(1 / 0.7); the best arm of mean 1: no bound
+    assert lai_robbins_constant(np.array([0.0, 0.3])) == pytest.approx(0.3 / math.log(1 / 0.7))
+    assert lai_robbins_constant(np.array([0.2, 1.0])) == math.inf
+    assert lai_robbins_constant(np.array([0.4, 0.4])) == 0.0
+
+
+def test_environment_walks_the_drift_phases() -> None:
+    sc = scenario(
+        horizon=100,
+        arms=[
+            {"name": "a", "reward": {"kind": "bernoulli", "mean": 0.2}},
+            {"name": "b", "reward": {"kind": "bernoulli", "mean": 0.5}},
+            {"name": "c", "reward": {"kind": "bernoulli", "mean": 0.1}},
+        ],
+        changes=[
+            {"at": 0, "arm": "c", "mean": 0.3},
+            {"at": 70, "arm": "a", "mean": 0.9},
+            {"at": 30, "arm": "b", "mean": 0.0},
+        ],
+    )
+    env = Environment(sc)
+    seen = []
+    for steps in env.phases():
+        seen.append((steps, env.means.tolist(), env.best_arm, env.gaps.tolist()))
+    assert seen == [
+        (range(0, 30), [0.2, 0.5, 0.3], 1, pytest.approx([0.3, 0.0, 0.2])),
+        (range(30, 70), [0.2, 0.0, 0.3], 2, pytest.approx([0.1, 0.3, 0.0])),
+        (range(70, 100), [0.9, 0.0, 0.3], 0, pytest.approx([0.0, 0.9, 0.6])),
+    ]
+    # in the last phase arm a pays 1 with probability 0.9; b never pays
+    arms = np.repeat(np.array([0, 1]), sc.runs // 2)
+    rewards = env.rewards(arms)
+    assert set(rewards.tolist()) <= {0.0, 1.0} and rewards[sc.runs // 2 :].max() == 0.0
+    # common random numbers: another environment of the scenario draws the same
+    again = Environment(sc)
+    for _ in again.phases():
+        pass
+    np.testing.assert_array_equal(again.rewards(arms), rewards)
+
+
+def test_commit_plays_the_observed_best_arm_and_never_an_unobserved_one() -> None:
+    # arm a (mean 0) is played first; b (mean 1) is never observed, so it is never chosen
+    sc = scenario(
+        horizon=50,
+        runs=20,
+        arms=[
+            {"name": "a", "reward": {"kind": "bernoulli", "mean": 0.0}},
+            {"name": "b", "reward": {"kind": "bernoulli", "mean": 1.0}},
+        ],
+        policies=[{"kind": "fixed", "weights": [1, 0], "commit_after": 1}],
+    )
+    r = simulate_policy(sc, sc.policies[0], 0)
+    np.testing.assert_array_equal(r.final_regret, 50.0)
+    assert r.best_arm_share_last10 == 0.0
+
+
+def test_commit_breaks_ties_between_observed_means_at_random() -> None:
+    # two arms that always pay 0: their observed means tie at every step after the commit
+    sc = scenario(
+        horizon=400,
+        runs=200,
+        arms=[
+            {"name": "a", "reward": {"kind": "bernoulli", "mean": 0.0}},
+            {"name": "b", "reward": {"kind": "bernoulli", "mean": 0.0}},
+        ],
+        policies=[{"kind": "fixed", "commit_after": 20}],
+    )
+    r = simulate_policy(sc, sc.policies[0], 0)
+    after = r.share[r.grid > 40].mean(axis=0)
+    assert after == pytest.approx([0.5, 0.5], abs=0.05)  # not all on the lowest index
 
 
 def test_gaussian_arms_run_with_gaussian_thompson() -> None:
