@@ -224,16 +224,17 @@ async def test_experiments_are_isolated(store: Store, exp: ExperimentSettings) -
     assert await store.snapshot(other.name) == {}
 
 
-async def test_cancelled_decision_waits_for_nothing_and_counts_as_error(
+async def test_withdrawn_decision_waits_for_nothing(
     store: Store, exp: ExperimentSettings, clock: ManualClock
 ) -> None:
     a, b = await store.record_decisions(exp, ["a", "a"], [0.5, 0.5])
     assert await store.apply_reward(exp, b.event_id, 1.0) == A
-    assert await store.cancel_decisions(exp, [a.event_id, a.event_id, b.event_id, "0" * 32]) == 1
-    assert await store.cancel_decisions(exp, [a.event_id]) == 0
+    assert await store.withdraw_decisions(exp, [a.event_id, a.event_id, b.event_id, "0" * 32]) == 1
+    assert await store.withdraw_decisions(exp, [a.event_id]) == 0
     snap = await store.snapshot(exp.name)
-    assert (snap["a"].pulls, snap["a"].rewards, snap["a"].errors, snap["a"].pending) == (2, 1, 1, 0)
-    assert await store.apply_reward(exp, a.event_id, 1.0) == E  # no reward for a failed call
+    t = snap["a"]
+    assert (t.pulls, t.rewards, t.withdrawn, t.errors, t.pending) == (2, 1, 1, 0, 0)
+    assert await store.apply_reward(exp, a.event_id, 1.0) == E  # no client holds its id
     clock.advance(120)
     assert await store.settle_expired(exp) == SettleReport()  # nothing left to settle
 

@@ -138,11 +138,12 @@ async def test_records_and_buckets_expire_after_their_horizon(
     )
     (a,) = await redis_store.record_decisions(exp, ["a"], [1.0])
     r = redis.Redis.from_url(redis_url)
-    ttl = r.pttl(f"bandit:{{{exp_name}}}:ev:{a.event_id}")
+    keys = redis_store.keys(exp_name)
+    ttl = r.pttl(keys.event(a.event_id))
     assert 149_000 <= ttl <= 150_000 + 1000  # deadline + retention from now
-    bucket_ttl = r.pttl(f"bandit:{{{exp_name}}}:b:{exp.bucket_start(clock.now)}")
+    bucket_ttl = r.pttl(keys.bucket(exp.bucket_start(clock.now)))
     assert 3600_000 <= bucket_ttl <= (3600 + 60) * 1000 + 1000
-    r.delete(f"bandit:{{{exp_name}}}:ev:{a.event_id}")  # as if Redis had expired it
+    r.delete(keys.event(a.event_id))  # as if Redis had expired it
     assert await redis_store.apply_reward(exp, a.event_id, 1.0) is RewardOutcome.UNKNOWN
     clock.advance(101)
     # the decision still settles (from its due-set entry), so pending returns to zero

@@ -1,8 +1,22 @@
 """The state store interface and the value types it speaks.
 
-A store keeps, per experiment: one record per decision (until some time after its reward
-deadline), the running totals of every arm, and the same totals in time buckets. Rewards
-are applied exactly once: each call checks everything before its first write.
+A store keeps, per experiment:
+
+- one record per decision (until some time after its reward deadline), the running
+  totals of every arm, and the same totals in time buckets. Rewards are applied exactly
+  once: each call checks everything before its first write. Beside the reward
+  statistics, every decision carries its model call's outcome: calls, errors and a
+  latency histogram per arm (the guardrails read them).
+- the experiment's *control state* (:class:`Control`): its epoch, its state (running,
+  paused, promoted), each arm's status (active, rolled back, promoted, retired) and
+  whatever else the safety plane keeps. It changes only through :meth:`Store.transition`,
+  a compare-and-set on its version that also appends the change's audit events, so a
+  change happens exactly once however many router replicas attempt it.
+- the audit log: an append-only, capped list of :class:`AuditEvent`.
+
+Statistics belong to an *epoch*: a reset moves the experiment to a new epoch, so every
+statistic starts from zero and decisions of the old epoch are unknown, atomically. The
+store tracks the epoch itself (callers never pass it).
 
 Reward sums are kept as fixed-point integers of ``1 / REWARD_SCALE`` (a reward is
 rounded half-up to the nearest micro-unit), so "counted exactly once" can be checked
@@ -22,21 +36,29 @@ from typing import Any, Literal
 
 __all__ = [
     "ARM_FIELDS",
+    "HIST_PREFIX",
     "REWARD_SCALE",
     "ArmField",
+    "ArmStatus",
     "ArmTotals",
+    "AuditEvent",
     "Bucket",
+    "Control",
     "DecisionRecord",
     "EventState",
     "ExperimentSettings",
+    "ExperimentState",
+    "LoggedDecision",
     "RewardOutcome",
     "SettleReport",
+    "Snapshot",
     "Store",
     "new_event_id",
     "reward_units",
 ]
 
 REWARD_SCALE = 1_000_000
+HIST_PREFIX = "h"  # latency histogram fields: "<arm>:h<bin>"
 Clock = Callable[[], float]
 
 
@@ -60,9 +82,33 @@ class RewardOutcome(enum.StrEnum):
     INVALID = "invalid"  # NaN, infinite or outside the experiment's bounds; nothing changed
 
 
+class ArmStatus(enum.StrEnum):
+    """An arm's status in the control state (only ``active`` arms get traffic from a
+    policy; a promoted arm gets all of it)."""
+
+    ACTIVE = "active"
+    ROLLED_BACK = "rolled_back"
+    PROMOTED = "promoted"
+    RETIRED = "retired"
+
+
+class ExperimentState(enum.StrEnum):
+    """``running``: the policy routes; ``paused``: all traffic to the baseline;
+    ``promoted``: all traffic to the promoted arm."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+
+
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """What the store needs to know about an experiment."""
+    """What the store needs to know about an experiment.
+
+    ``on_model_error``: ``low`` gives a decision whose model call failed the reward
+    ``error_reward`` at once (so every policy learns from failures); ``withdraw`` takes
+    it out of the reward statistics. Either way the failure counts in ``errors``.
+    """
 
     name: str
     low: float = 0.0
@@ -70,9 +116,12 @@ class ExperimentSettings:
     wait_seconds: float = 600.0
     on_expiry: Literal["default", "drop"] = "default"
     default_reward: float = 0.0
+    on_model_error: Literal["low", "withdraw"] = "low"
+    error_reward: float = 0.0
     retention_seconds: float = 86400.0
     bucket_seconds: int = 60
     bucket_retention_seconds: int = 86400
+    events_max: int = 10_000  # the audit log keeps the last this many events
 
     def accepts(self, reward: float) -> bool:
         """True when the reward is a finite number within ``[low, high]``."""
@@ -93,13 +142,31 @@ class DecisionRecord:
     deadline: float
 
 
+@dataclass(frozen=True)
+class LoggedDecision:
+    """A decision and what its model call did, as :meth:`Store.log_decisions` takes it.
+
+    ``failed``: the model call raised or timed out. ``client_gone``: the client went away
+    before its answer was sent (the decision is withdrawn: no client holds its id).
+    ``latency_bin``: the model call's latency as a histogram bin
+    (:mod:`bandit_serve.stats.histogram`), None when no call was timed.
+    """
+
+    event_id: str
+    arm: str
+    propensity: float
+    failed: bool = False
+    client_gone: bool = False
+    latency_bin: int | None = None
+
+
 class EventState(enum.StrEnum):
     """The state of a logged decision. The values are the codes the Lua scripts store
     (their prelude is generated from this enum), and the memory store uses the same."""
 
     PENDING = "p"  # waiting for its reward
     REWARDED = "r"  # got its reward (posted)
-    WITHDRAWN = "c"  # its model call failed: it waits for nothing and counts as an error
+    WITHDRAWN = "c"  # taken out of the reward statistics: it waits for nothing
     DEFAULTED = "d"  # its wait window passed: it got the default reward
     DROPPED = "x"  # its wait window passed: settled without a reward (on_expiry: drop)
 
@@ -125,6 +192,8 @@ ARM_FIELDS: tuple[ArmField, ...] = (
     ArmField("sq", "reward_sq", float, public=False),
     ArmField("defaulted", "defaulted", int),
     ArmField("dropped", "dropped", int),
+    ArmField("withdrawn", "withdrawn", int),
+    ArmField("calls", "calls", int),
     ArmField("errors", "errors", int),
     ArmField("dup", "duplicates", int),
     ArmField("late", "late", int),
@@ -138,14 +207,19 @@ ARM_FIELD_BY_NAME = {f.field: f for f in ARM_FIELDS}
 class ArmTotals:
     """Statistics of one arm (over all time, or within one time bucket).
 
-    ``pulls`` counts decisions; ``rewards`` counts applied rewards, default rewards
-    included (``defaulted`` of them); ``dropped`` counts decisions settled without a
-    reward; ``errors`` counts decisions whose model call failed (they wait for nothing);
-    ``duplicates`` and ``late`` count rewards refused as duplicate or expired;
-    ``expected_pulls`` sums over decisions the probability that the policy picks this
-    arm (the sample-ratio check); ``ipw_sum`` sums reward / propensity over rewarded
-    decisions (the inverse-propensity-weighted mean). Fields are listed in
-    :data:`ARM_FIELDS`.
+    Decisions: ``pulls`` counts them; ``rewards`` counts applied rewards, default rewards
+    and rewards given for failed model calls included (``defaulted`` are the defaults);
+    ``dropped`` counts decisions settled without a reward; ``withdrawn`` those taken out
+    of the reward statistics (a failed call under ``on_model_error: withdraw``, a client
+    that went away, an answer that could not be sent). ``duplicates`` and ``late`` count
+    rewards refused as duplicate or expired. ``expected_pulls`` sums over decisions the
+    probability that the policy picks this arm (the sample-ratio check); ``ipw_sum``
+    sums reward / propensity over rewarded decisions (the inverse-propensity-weighted
+    mean).
+
+    Model calls: ``calls`` counts them, ``errors`` those that raised or timed out, and
+    ``latency`` is their histogram (bin -> count; bins of
+    :mod:`bandit_serve.stats.histogram`). Fields are listed in :data:`ARM_FIELDS`.
     """
 
     pulls: int = 0
@@ -154,11 +228,14 @@ class ArmTotals:
     reward_sq: float = 0.0
     defaulted: int = 0
     dropped: int = 0
+    withdrawn: int = 0
+    calls: int = 0
     errors: int = 0
     duplicates: int = 0
     late: int = 0
     expected_pulls: float = 0.0
     ipw_sum: float = 0.0
+    latency: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_fields(cls, raw: Mapping[str, str]) -> ArmTotals:
@@ -168,12 +245,26 @@ class ArmTotals:
             f = ARM_FIELD_BY_NAME.get(name)
             if f is not None:
                 setattr(t, f.attr, f.type(value))
+            elif name.startswith(HIST_PREFIX) and name[1:].isdigit():
+                t.latency[int(name[1:])] = int(value)
         return t
+
+    def minus(self, earlier: ArmTotals) -> ArmTotals:
+        """What happened since ``earlier`` (a copy of these totals taken before)."""
+        out = ArmTotals(
+            **{f.attr: getattr(self, f.attr) - getattr(earlier, f.attr) for f in ARM_FIELDS}
+        )
+        out.latency = {
+            b: n - earlier.latency.get(b, 0)
+            for b, n in self.latency.items()
+            if n - earlier.latency.get(b, 0)
+        }
+        return out
 
     @property
     def pending(self) -> int:
         """Decisions still waiting for a reward (in a bucket: the bucket's net change)."""
-        return self.pulls - self.rewards - self.dropped - self.errors
+        return self.pulls - self.rewards - self.dropped - self.withdrawn
 
     @property
     def reward_sum(self) -> float:
@@ -183,10 +274,19 @@ class ArmTotals:
     def mean(self) -> float | None:
         return self.reward_sum / self.rewards if self.rewards else None
 
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.calls if self.calls else None
+
     def public(self) -> dict[str, Any]:
         """The counters the experiment view shows, and the derived sums."""
         out: dict[str, Any] = {f.attr: getattr(self, f.attr) for f in ARM_FIELDS if f.public}
-        out.update(reward_sum=self.reward_sum, mean=self.mean, pending=self.pending)
+        out.update(
+            reward_sum=self.reward_sum,
+            mean=self.mean,
+            pending=self.pending,
+            error_rate=self.error_rate,
+        )
         return out
 
 
@@ -194,8 +294,8 @@ class ArmTotals:
 class Bucket:
     """Per-arm statistics of one time bucket ``[start, start + width)``.
 
-    Pulls land in the bucket of the decision time; rewards in the bucket of the time the
-    reward was applied.
+    Pulls and model calls land in the bucket of the decision time; rewards in the bucket
+    of the time the reward was applied.
     """
 
     start: int
@@ -213,6 +313,103 @@ class SettleReport:
         return SettleReport(self.defaulted + other.defaulted, self.dropped + other.dropped)
 
 
+@dataclass(frozen=True)
+class Control:
+    """An experiment's control state, stored as a small string map.
+
+    ``version`` counts changes (a transition must name the version it changes);
+    ``epoch`` is the statistics' epoch. Arm statuses are ``status:<arm>`` (absent =
+    active), restore times ``restored:<arm>``; the safety plane keeps further fields
+    (alerts, violation counters, the canary's step) under its own prefixes.
+    """
+
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return int(self.fields.get("version", "0"))
+
+    @property
+    def epoch(self) -> int:
+        return int(self.fields.get("epoch", "0"))
+
+    @property
+    def state(self) -> ExperimentState:
+        return ExperimentState(self.fields.get("state", ExperimentState.RUNNING.value))
+
+    def status(self, arm: str) -> ArmStatus:
+        return ArmStatus(self.fields.get(f"status:{arm}", ArmStatus.ACTIVE.value))
+
+    def restored_at(self, arm: str) -> float | None:
+        t = self.fields.get(f"restored:{arm}")
+        return None if t is None else float(t)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.fields.get(key, default)
+
+    def with_fields(self, **changes: str | None) -> Control:
+        """A copy with fields set (None deletes). Keys with ``:`` go through
+        :meth:`with_items`."""
+        return self.with_items(changes)
+
+    def with_items(self, changes: Mapping[str, str | None]) -> Control:
+        out = dict(self.fields)
+        for k, v in changes.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = v
+        return Control(out)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One entry of an experiment's audit log.
+
+    ``kind``: what happened (``rollback``, ``restore``, ``promote``, ``pause``, ``resume``,
+    ``reset``, ``guardrail_alert``, ``config_changed``, ...); ``actor``: who did it
+    (``guardrail``, ``schedule``, ``config``, or an operator's key name); ``reason``: why,
+    in words (a guardrail names the rule and the values that broke it); ``details``:
+    the same as data. ``id`` and ``time`` are set by the store when it appends.
+    """
+
+    kind: str
+    actor: str
+    reason: str = ""
+    arm: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""
+    time: float = 0.0
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.time,
+            "kind": self.kind,
+            "arm": self.arm,
+            "actor": self.actor,
+            "reason": self.reason,
+            "details": dict(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent read of an experiment: control state, totals of the current epoch,
+    and for every restored arm the totals of every arm at its restore (``since``)."""
+
+    control: Control
+    totals: dict[str, ArmTotals]
+    since: dict[str, dict[str, ArmTotals]] = field(default_factory=dict)
+
+    def since_restore(self, restored: str, arm: str) -> ArmTotals:
+        """``arm``'s statistics since ``restored`` was last restored (all of the epoch
+        when it never was)."""
+        now = self.totals.get(arm, ArmTotals())
+        base = self.since.get(restored, {}).get(arm)
+        return now if base is None else now.minus(base)
+
+
 class Store(ABC):
     """Experiment state. Every method is atomic; errors of the backend raise StoreError.
 
@@ -223,18 +420,23 @@ class Store(ABC):
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or time.time
 
+    # -- decisions and rewards -----------------------------------------------------------
+
     @abstractmethod
-    async def record_decisions(
+    async def log_decisions(
         self,
         exp: ExperimentSettings,
-        arms: Sequence[str],
-        propensities: Sequence[float],
+        decisions: Sequence[LoggedDecision],
         expected: Mapping[str, float] | None = None,
     ) -> list[DecisionRecord]:
-        """Log one decision per arm given; each gets a new event id and reward deadline.
+        """Log decisions with their model calls' outcomes (event ids chosen by the caller).
 
-        ``expected`` is the policy's probability of each arm summed over these decisions;
-        it accumulates per arm as ``expected_pulls`` (the sample-ratio check uses it).
+        Each counts as a pull and, with ``latency_bin``, a model call of its arm. A
+        decision whose call succeeded waits for its reward until its deadline; one whose
+        call failed gets ``exp.error_reward`` at once (``on_model_error: low``) or is
+        withdrawn, and counts as an error; one whose client went away is withdrawn (its
+        call's outcome still counts). ``expected`` is the policy's probability of each arm
+        summed over these decisions (``expected_pulls``).
         """
 
     @abstractmethod
@@ -244,9 +446,9 @@ class Store(ABC):
         """Apply ``(event_id, reward)`` pairs in order, each exactly once, atomically."""
 
     @abstractmethod
-    async def cancel_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
-        """Withdraw decisions whose model call failed: each still waiting for a reward
-        stops waiting and counts as an error of its arm. Returns how many were cancelled."""
+    async def withdraw_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
+        """Take decisions that still wait for a reward out of the reward statistics (no
+        client holds their id: the answer could not be sent). Returns how many."""
 
     @abstractmethod
     async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:
@@ -255,13 +457,44 @@ class Store(ABC):
         Safe to run from many workers at once: each decision is settled by exactly one.
         """
 
+    # -- reading ---------------------------------------------------------------------------
+
     @abstractmethod
-    async def snapshot(self, experiment: str) -> dict[str, ArmTotals]:
-        """Totals of every arm that has any, in one round trip."""
+    async def read(self, experiment: str) -> Snapshot:
+        """Control state, totals and restore marks, in one round trip."""
 
     @abstractmethod
     async def buckets(self, exp: ExperimentSettings, start: float, end: float) -> list[Bucket]:
         """Time buckets overlapping ``[start, end]`` that still exist, oldest first."""
+
+    # -- control ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def transition(
+        self,
+        exp: ExperimentSettings,
+        expected_version: int,
+        new: Control,
+        events: Sequence[AuditEvent] = (),
+        *,
+        mark_restore: str | None = None,
+        new_epoch: bool = False,
+    ) -> list[AuditEvent] | None:
+        """Replace the control state if its version is still ``expected_version``.
+
+        On success the version becomes ``expected_version + 1``, ``events`` are appended
+        to the audit log, and it returns them as stored (with ids and times); otherwise
+        nothing changes and it returns None (read again and decide again).
+        ``mark_restore``: remember every arm's current totals as ``since`` of that arm.
+        ``new_epoch``: move to a new epoch (statistics from zero; the old epoch's data
+        expires after its retention).
+        """
+
+    @abstractmethod
+    async def events(
+        self, experiment: str, since: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        """Audit events after the event id ``since`` (exclusive), oldest first."""
 
     @abstractmethod
     async def check(self) -> None:
@@ -271,6 +504,30 @@ class Store(ABC):
         """Release connections."""
 
     # -- conveniences ----------------------------------------------------------------
+
+    async def snapshot(self, experiment: str) -> dict[str, ArmTotals]:
+        """Totals of every arm that has any (in the current epoch)."""
+        return (await self.read(experiment)).totals
+
+    async def control(self, experiment: str) -> Control:
+        return (await self.read(experiment)).control
+
+    async def record_decisions(
+        self,
+        exp: ExperimentSettings,
+        arms: Sequence[str],
+        propensities: Sequence[float],
+        expected: Mapping[str, float] | None = None,
+    ) -> list[DecisionRecord]:
+        """Log decisions whose model calls are not timed here (each waits for a reward)."""
+        return await self.log_decisions(
+            exp,
+            [
+                LoggedDecision(new_event_id(), a, float(p))
+                for a, p in zip(arms, propensities, strict=True)
+            ],
+            expected,
+        )
 
     async def record_decision(
         self,

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from bandit_serve.store.base import (
     ArmTotals,
+    AuditEvent,
     Bucket,
     Clock,
+    Control,
     DecisionRecord,
     EventState,
     ExperimentSettings,
+    LoggedDecision,
     RewardOutcome,
     SettleReport,
+    Snapshot,
     Store,
-    new_event_id,
     reward_units,
 )
 
@@ -34,19 +38,37 @@ class _Event:
 
 
 @dataclass
+class _Epoch:
+    events: dict[str, _Event] = field(default_factory=dict)
+    totals: defaultdict[str, ArmTotals] = field(default_factory=lambda: defaultdict(ArmTotals))
+    # start -> (expires, arms)
+    buckets: dict[int, tuple[float, defaultdict[str, ArmTotals]]] = field(default_factory=dict)
+    since: dict[str, dict[str, ArmTotals]] = field(default_factory=dict)
+
+
+@dataclass
 class _Experiment:
-    events: dict[str, _Event]
-    totals: defaultdict[str, ArmTotals]
-    buckets: dict[int, tuple[float, defaultdict[str, ArmTotals]]]  # start -> (expires, arms)
+    control: Control = field(default_factory=Control)
+    epochs: dict[int, _Epoch] = field(default_factory=dict)
+    log: list[AuditEvent] = field(default_factory=list)
+    last_id: tuple[int, int] = (0, 0)
+
+    @property
+    def data(self) -> _Epoch:
+        return self.epochs.setdefault(self.control.epoch, _Epoch())
 
 
 def _add_reward(t: ArmTotals, reward: float, propensity: float) -> None:
-    """Count one reward (the Lua scripts' ``Deltas:reward`` plus the IPW sum)."""
+    """Count one reward (the Lua scripts' ``Deltas:reward``)."""
     t.rewards += 1
     t.reward_units += reward_units(reward)
     t.reward_sq += reward * reward
     if propensity > 0:
         t.ipw_sum += reward / propensity
+
+
+def _copy(t: ArmTotals) -> ArmTotals:
+    return replace(t, latency=dict(t.latency))
 
 
 class MemoryStore(Store):
@@ -61,11 +83,9 @@ class MemoryStore(Store):
         """Always healthy: it lives in this process."""
 
     def _exp(self, name: str) -> _Experiment:
-        if name not in self._exps:
-            self._exps[name] = _Experiment({}, defaultdict(ArmTotals), {})
-        return self._exps[name]
+        return self._exps.setdefault(name, _Experiment())
 
-    def _bucket(self, e: _Experiment, exp: ExperimentSettings, now: float) -> dict[str, ArmTotals]:
+    def _bucket(self, e: _Epoch, exp: ExperimentSettings, now: float) -> dict[str, ArmTotals]:
         start = exp.bucket_start(now)
         expires = start + exp.bucket_seconds + exp.bucket_retention_seconds
         if start not in e.buckets:
@@ -73,47 +93,63 @@ class MemoryStore(Store):
         return e.buckets[start][1]
 
     def _both(
-        self, e: _Experiment, exp: ExperimentSettings, now: float, arm: str
+        self, e: _Epoch, exp: ExperimentSettings, now: float, arm: str
     ) -> tuple[ArmTotals, ArmTotals]:
         """The arm's running totals and its entry in the current time bucket."""
         return e.totals[arm], self._bucket(e, exp, now)[arm]
 
-    def _live(self, e: _Experiment, event_id: str, now: float) -> _Event | None:
+    def _live(self, e: _Epoch, event_id: str, now: float) -> _Event | None:
         ev = e.events.get(event_id)
         if ev is not None and now >= ev.expires_at:
             del e.events[event_id]
             return None
         return ev
 
-    async def record_decisions(
+    # -- decisions and rewards ---------------------------------------------------------
+
+    async def log_decisions(
         self,
         exp: ExperimentSettings,
-        arms: Sequence[str],
-        propensities: Sequence[float],
+        decisions: Sequence[LoggedDecision],
         expected: Mapping[str, float] | None = None,
     ) -> list[DecisionRecord]:
         async with self._lock:
             now = self.clock()
             deadline = now + exp.wait_seconds
-            e = self._exp(exp.name)
-            for arm, x in (expected or {}).items():
-                for t in self._both(e, exp, now, arm):
-                    t.expected_pulls += x
-            out = []
-            for arm, p in zip(arms, propensities, strict=True):
-                eid = new_event_id()
-                e.events[eid] = _Event(arm, p, deadline, deadline + exp.retention_seconds)
-                for t in self._both(e, exp, now, arm):
+            e = self._exp(exp.name).data
+            fresh = [d for d in dict.fromkeys(decisions) if d.event_id not in e.events]
+            if fresh:
+                for arm, x in (expected or {}).items():
+                    for t in self._both(e, exp, now, arm):
+                        t.expected_pulls += x
+            for d in fresh:
+                state = EventState.PENDING
+                for t in self._both(e, exp, now, d.arm):
                     t.pulls += 1
-                out.append(DecisionRecord(eid, arm, p, now, deadline))
-            return out
+                    if d.latency_bin is not None:
+                        t.calls += 1
+                        t.latency[d.latency_bin] = t.latency.get(d.latency_bin, 0) + 1
+                    if d.failed:
+                        t.errors += 1
+                    if d.client_gone or (d.failed and exp.on_model_error != "low"):
+                        state = EventState.WITHDRAWN
+                        t.withdrawn += 1
+                    elif d.failed:
+                        state = EventState.REWARDED
+                        _add_reward(t, exp.error_reward, d.propensity)
+                e.events[d.event_id] = _Event(
+                    d.arm, d.propensity, deadline, deadline + exp.retention_seconds, state
+                )
+            return [
+                DecisionRecord(d.event_id, d.arm, d.propensity, now, deadline) for d in decisions
+            ]
 
     async def apply_rewards(
         self, exp: ExperimentSettings, rewards: Sequence[tuple[str, float]]
     ) -> list[RewardOutcome]:
         async with self._lock:
             now = self.clock()
-            e = self._exp(exp.name)
+            e = self._exp(exp.name).data
             out = []
             for event_id, reward in rewards:
                 if not exp.accepts(reward):
@@ -137,24 +173,24 @@ class MemoryStore(Store):
                     out.append(RewardOutcome.APPLIED)
             return out
 
-    async def cancel_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
+    async def withdraw_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
         async with self._lock:
             now = self.clock()
-            e = self._exp(exp.name)
+            e = self._exp(exp.name).data
             n = 0
             for eid in dict.fromkeys(event_ids):
                 ev = self._live(e, eid, now)
                 if ev is not None and ev.state is EventState.PENDING:
                     ev.state = EventState.WITHDRAWN
                     for t in self._both(e, exp, now, ev.arm):
-                        t.errors += 1
+                        t.withdrawn += 1
                     n += 1
             return n
 
     async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:
         async with self._lock:
             now = self.clock()
-            e = self._exp(exp.name)
+            e = self._exp(exp.name).data
             report = SettleReport()
             due = [
                 eid
@@ -178,17 +214,72 @@ class MemoryStore(Store):
                 del e.events[eid]
             return report
 
-    async def snapshot(self, experiment: str) -> dict[str, ArmTotals]:
+    # -- reading -----------------------------------------------------------------------
+
+    async def read(self, experiment: str) -> Snapshot:
         async with self._lock:
-            return {a: replace(t) for a, t in self._exp(experiment).totals.items()}
+            x = self._exp(experiment)
+            e = x.data
+            return Snapshot(
+                x.control,
+                {a: _copy(t) for a, t in e.totals.items()},
+                copy.deepcopy(e.since),
+            )
 
     async def buckets(self, exp: ExperimentSettings, start: float, end: float) -> list[Bucket]:
         async with self._lock:
             now = self.clock()
-            e = self._exp(exp.name)
+            e = self._exp(exp.name).data
             first, last = exp.bucket_start(start), exp.bucket_start(end)
             return [
-                Bucket(s, {a: replace(t) for a, t in arms.items()})
+                Bucket(s, {a: _copy(t) for a, t in arms.items()})
                 for s, (expires, arms) in sorted(e.buckets.items())
                 if first <= s <= last and now < expires
             ]
+
+    # -- control -----------------------------------------------------------------------
+
+    async def transition(
+        self,
+        exp: ExperimentSettings,
+        expected_version: int,
+        new: Control,
+        events: Sequence[AuditEvent] = (),
+        *,
+        mark_restore: str | None = None,
+        new_epoch: bool = False,
+    ) -> list[AuditEvent] | None:
+        async with self._lock:
+            x = self._exp(exp.name)
+            if x.control.version != expected_version:
+                return None
+            epoch = x.control.epoch + (1 if new_epoch else 0)
+            fields = {k: v for k, v in new.fields.items() if k not in ("version", "epoch")}
+            fields.update(version=str(expected_version + 1), epoch=str(epoch))
+            old = x.data
+            x.control = Control(fields)
+            if new_epoch:
+                x.epochs = {epoch: _Epoch()}
+            elif mark_restore is not None:
+                old.since[mark_restore] = {a: _copy(t) for a, t in old.totals.items()}
+            now = self.clock()
+            stored = []
+            for ev in events:
+                ms = int(now * 1000)
+                seq = x.last_id[1] + 1 if ms <= x.last_id[0] else 0
+                ms = max(ms, x.last_id[0])
+                x.last_id = (ms, seq)
+                stored.append(replace(ev, id=f"{ms}-{seq}", time=now))
+            x.log += stored
+            del x.log[: max(0, len(x.log) - exp.events_max)]
+            return stored
+
+    async def events(
+        self, experiment: str, since: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        async with self._lock:
+            log = self._exp(experiment).log
+            if since is not None:
+                key = tuple(int(p) for p in since.split("-"))
+                log = [e for e in log if tuple(int(p) for p in e.id.split("-")) > key]
+            return list(log[:limit])

@@ -2,46 +2,58 @@
 
 Keys of experiment ``E`` (the ``{E}`` hash tag keeps them on one Redis Cluster slot)::
 
-    bandit:{E}:arms          hash  "<arm>:<stat>" -> running totals
-    bandit:{E}:b:<start>     hash  the same stats for one time bucket (expires)
-    bandit:{E}:ev:<id>       hash  one decision: arm, propensity, time, deadline, state
-    bandit:{E}:due           zset  "<id>:<arm>" scored by deadline (ms) until settled
+    bandit:{E}:ctl                 hash    control state: version, epoch, state, arm statuses, ...
+    bandit:{E}:events              stream  the audit log (capped)
+    bandit:{E}:e<n>:arms           hash    "<arm>:<stat>" -> running totals of epoch n
+    bandit:{E}:e<n>:b:<start>      hash    the same stats for one time bucket (expires)
+    bandit:{E}:e<n>:ev:<id>        hash    one decision: arm, propensity, time, deadline, state
+    bandit:{E}:e<n>:due            zset    "<id>:<arm>" scored by deadline (ms) until settled
+    bandit:{E}:e<n>:since          hash    "<restored arm>/<arm>:<stat>": totals at a restore
+
+Every data script names the epoch it means and refuses another (``STALE_EPOCH``): the
+store then learns the current epoch and sends the call again.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.resources import files
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from bandit_serve.errors import StoreError
 from bandit_serve.store.base import (
     ARM_FIELDS,
     ArmTotals,
+    AuditEvent,
     Bucket,
     Clock,
+    Control,
     DecisionRecord,
     EventState,
     ExperimentSettings,
+    LoggedDecision,
     RewardOutcome,
     SettleReport,
+    Snapshot,
     Store,
-    new_event_id,
 )
 from bandit_serve.store.batching import Coalescer
 
-__all__ = ["RedisStore", "experiment_keys"]
+__all__ = ["ExperimentKeys", "RedisStore"]
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
+_STALE = "STALE_EPOCH"
 T = TypeVar("T")
 Item = TypeVar("Item")
-_RecordItem = tuple[str, float, dict[str, float] | None]  # arm, propensity, expected counts
+_LogItem = tuple[LoggedDecision, dict[str, float] | None]  # the decision, expected counts
 
 
 def _prelude() -> str:
@@ -60,23 +72,79 @@ def _script_source(name: str) -> str:
     return "#!lua\n" + _prelude() + common + "\n" + (lua / f"{name}.lua").read_text()
 
 
-def experiment_keys(name: str) -> tuple[str, str, str]:
-    """``(prefix, totals key, due key)`` of an experiment."""
-    prefix = f"bandit:{{{name}}}"
-    return prefix, f"{prefix}:arms", f"{prefix}:due"
+@dataclass(frozen=True)
+class ExperimentKeys:
+    """The keys of one experiment in one epoch."""
+
+    name: str
+    epoch: int
+
+    @property
+    def root(self) -> str:
+        return f"bandit:{{{self.name}}}"
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.root}:e{self.epoch}"
+
+    @property
+    def ctl(self) -> str:
+        return f"{self.root}:ctl"
+
+    @property
+    def events(self) -> str:
+        return f"{self.root}:events"
+
+    @property
+    def totals(self) -> str:
+        return f"{self.prefix}:arms"
+
+    @property
+    def due(self) -> str:
+        return f"{self.prefix}:due"
+
+    @property
+    def since(self) -> str:
+        return f"{self.prefix}:since"
+
+    def event(self, event_id: str) -> str:
+        return f"{self.prefix}:ev:{event_id}"
+
+    def bucket(self, start: int) -> str:
+        return f"{self.prefix}:b:{start}"
 
 
 def _ms(t: float) -> int:
     return round(t * 1000)
 
 
-def _parse_arms(raw: dict[str, str]) -> dict[str, ArmTotals]:
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _parse_arms(raw: Mapping[str, str]) -> dict[str, ArmTotals]:
     """``{"<arm>:<field>": value}`` (a totals or bucket hash) as totals per arm."""
     by_arm: dict[str, dict[str, str]] = {}
     for name, value in raw.items():
-        arm, _, field = name.rpartition(":")
-        by_arm.setdefault(arm, {})[field] = value
+        arm, _, stat = name.rpartition(":")
+        by_arm.setdefault(arm, {})[stat] = value
     return {arm: ArmTotals.from_fields(fields) for arm, fields in by_arm.items()}
+
+
+def _parse_since(raw: Mapping[str, str]) -> dict[str, dict[str, ArmTotals]]:
+    by_restored: dict[str, dict[str, str]] = {}
+    for name, value in raw.items():
+        restored, _, rest = name.partition("/")
+        by_restored.setdefault(restored, {})[rest] = value
+    return {r: _parse_arms(fields) for r, fields in by_restored.items()}
+
+
+class _StaleEpoch(StoreError):
+    """A script refused the epoch this store believed current (handled inside)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"the experiment moved to epoch {epoch}")
+        self.epoch = epoch
 
 
 class RedisStore(Store):
@@ -93,12 +161,13 @@ class RedisStore(Store):
         super().__init__(clock)
         self.client = client
         self.coalesce = coalesce
+        self._epochs: dict[str, int] = {}
         self._reward_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
-        self._record_batchers: dict[ExperimentSettings, Coalescer[_RecordItem, str]] = {}
-        self._record: AsyncScript = client.register_script(_script_source("record"))
-        self._reward: AsyncScript = client.register_script(_script_source("reward"))
-        self._settle: AsyncScript = client.register_script(_script_source("settle"))
-        self._cancel: AsyncScript = client.register_script(_script_source("cancel"))
+        self._log_batchers: dict[ExperimentSettings, Coalescer[_LogItem, str]] = {}
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(_script_source(name))
+            for name in ("log", "reward", "settle", "withdraw", "read", "transition")
+        }
 
     @classmethod
     def from_url(
@@ -122,19 +191,44 @@ class RedisStore(Store):
     async def close(self) -> None:
         await self.client.aclose()
 
+    # -- plumbing ----------------------------------------------------------------------
+
+    def keys(self, name: str) -> ExperimentKeys:
+        """The keys of ``name`` in the epoch this store believes current."""
+        return ExperimentKeys(name, self._epochs.get(name, 0))
+
     async def _call(self, what: str, pending: Awaitable[T]) -> T:
         try:
             return await pending
+        except ResponseError as err:
+            text = str(err)
+            if text.startswith(_STALE):
+                raise _StaleEpoch(int(text.split()[1])) from None
+            raise StoreError(f"Redis refused {what}: {err}") from err
         except RedisError as err:
             raise StoreError(f"Redis failed during {what}: {err}") from err
         except OSError as err:  # a socket error that redis-py did not wrap
             raise StoreError(f"Redis unreachable during {what}: {err}") from err
 
-    def _bucket_key(self, exp: ExperimentSettings, now: float) -> tuple[str, int]:
-        prefix, _, _ = experiment_keys(exp.name)
+    async def _script(
+        self,
+        name: str,
+        exp_name: str,
+        make: Callable[[ExperimentKeys], tuple[list[str], list[Any]]],
+    ) -> Any:
+        """Run a data script for the current epoch; on STALE_EPOCH learn it and run again."""
+        for _ in range(5):
+            keys, args = make(self.keys(exp_name))
+            try:
+                return await self._call(name, self._scripts[name](keys, args))
+            except _StaleEpoch as stale:
+                self._epochs[exp_name] = stale.epoch
+        raise StoreError(f"the epoch of {exp_name!r} kept changing during {name}; retry")
+
+    def _bucket(self, k: ExperimentKeys, exp: ExperimentSettings, now: float) -> tuple[str, int]:
         start = exp.bucket_start(now)
         expire_at = _ms(start + exp.bucket_seconds + exp.bucket_retention_seconds)
-        return f"{prefix}:b:{start}", expire_at
+        return k.bucket(start), expire_at
 
     async def _send(
         self,
@@ -154,54 +248,57 @@ class RedisStore(Store):
     async def check(self) -> None:
         await self._call("PING", self.client.ping())
 
-    # -- Store -----------------------------------------------------------------------
+    # -- decisions and rewards ---------------------------------------------------------
 
-    async def record_decisions(
+    async def log_decisions(
         self,
         exp: ExperimentSettings,
-        arms: Sequence[str],
-        propensities: Sequence[float],
+        decisions: Sequence[LoggedDecision],
         expected: Mapping[str, float] | None = None,
     ) -> list[DecisionRecord]:
-        if len(arms) != len(propensities):
-            raise ValueError("arms and propensities must have the same length")
-        if not arms:
+        if not decisions:
             return []
         # the expected counts ride on the first item, so coalesced batches add them once
-        items: list[_RecordItem] = [
-            (a, float(p), dict(expected) if (i == 0 and expected) else None)
-            for i, (a, p) in enumerate(zip(arms, propensities, strict=True))
+        items: list[_LogItem] = [
+            (d, dict(expected) if (i == 0 and expected) else None) for i, d in enumerate(decisions)
         ]
-        packed = await self._send(self._record_batchers, exp, items, self._record_now)
+        packed = await self._send(self._log_batchers, exp, items, self._log_now)
         out = []
-        for (arm, p, _), text in zip(items, packed, strict=True):
-            event_id, t, deadline = text.split(" ")
-            out.append(DecisionRecord(event_id, arm, p, float(t), float(deadline)))
+        for d, text in zip(decisions, packed, strict=True):
+            t, deadline = text.split(" ")
+            out.append(DecisionRecord(d.event_id, d.arm, d.propensity, float(t), float(deadline)))
         return out
 
-    async def _record_now(self, exp: ExperimentSettings, items: list[_RecordItem]) -> list[str]:
-        """Record in one script call; returns "<event_id> <time> <deadline>" per item."""
+    async def _log_now(self, exp: ExperimentSettings, items: list[_LogItem]) -> list[str]:
+        """Log in one script call; returns "<time> <deadline>" per item."""
         now = self.clock()
         deadline = now + exp.wait_seconds
-        prefix, totals, due = experiment_keys(exp.name)
-        bucket, bucket_expire = self._bucket_key(exp, now)
-        ids = [new_event_id() for _ in items]
         expected: dict[str, float] = {}
-        for _, _, e in items:
+        for _, e in items:
             for arm, x in (e or {}).items():
                 expected[arm] = expected.get(arm, 0.0) + x
-        args: list[Any] = [
-            _ms(now),
-            _ms(deadline),
-            _ms(deadline + exp.retention_seconds),
-            bucket_expire,
-            ";".join(f"{arm}={x!r}" for arm, x in expected.items()),
-        ]
-        for arm, p, _ in items:
-            args += [arm, repr(p)]
-        keys = [totals, due, bucket, *(f"{prefix}:ev:{i}" for i in ids)]
-        await self._call("record_decisions", self._record(keys, args))
-        return [f"{i} {now!r} {deadline!r}" for i in ids]
+
+        def make(k: ExperimentKeys) -> tuple[list[str], list[Any]]:
+            bucket, bucket_expire = self._bucket(k, exp, now)
+            args: list[Any] = [
+                k.epoch,
+                _ms(now),
+                _ms(deadline),
+                _ms(deadline + exp.retention_seconds),
+                bucket_expire,
+                ";".join(f"{arm}={x!r}" for arm, x in expected.items()),
+                exp.on_model_error,
+                repr(exp.error_reward),
+            ]
+            for d, _ in items:
+                flags = ("f" if d.failed else "") + ("g" if d.client_gone else "")
+                bin_ = "" if d.latency_bin is None else str(d.latency_bin)
+                args += [d.arm, repr(float(d.propensity)), flags, bin_]
+            keys = [k.ctl, k.totals, k.due, bucket, *(k.event(d.event_id) for d, _ in items)]
+            return keys, args
+
+        await self._script("log", exp.name, make)
+        return [f"{now!r} {deadline!r}"] * len(items)
 
     async def apply_rewards(
         self, exp: ExperimentSettings, rewards: Sequence[tuple[str, float]]
@@ -227,62 +324,82 @@ class RedisStore(Store):
     ) -> list[str]:
         """Apply in one script call."""
         now = self.clock()
-        prefix, totals, due = experiment_keys(exp.name)
-        bucket, bucket_expire = self._bucket_key(exp, now)
-        keys = [totals, due, bucket, *(f"{prefix}:ev:{e}" for e, _ in items)]
-        args: list[Any] = [_ms(now), repr(exp.low), repr(exp.high), bucket_expire]
-        args += [repr(r) for _, r in items]
-        return cast(list[str], await self._call("apply_rewards", self._reward(keys, args)))
 
-    async def cancel_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
+        def make(k: ExperimentKeys) -> tuple[list[str], list[Any]]:
+            bucket, bucket_expire = self._bucket(k, exp, now)
+            keys = [k.ctl, k.totals, k.due, bucket, *(k.event(e) for e, _ in items)]
+            args: list[Any] = [k.epoch, _ms(now), repr(exp.low), repr(exp.high), bucket_expire]
+            return keys, args + [repr(r) for _, r in items]
+
+        return cast(list[str], await self._script("reward", exp.name, make))
+
+    async def withdraw_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
         ids = [e for e in event_ids if _EVENT_ID.match(e)]
         if not ids:
             return 0
         now = self.clock()
-        prefix, totals, due = experiment_keys(exp.name)
-        bucket, bucket_expire = self._bucket_key(exp, now)
-        keys = [totals, due, bucket, *(f"{prefix}:ev:{e}" for e in ids)]
-        return int(
-            await self._call("cancel_decisions", self._cancel(keys, [_ms(now), bucket_expire]))
-        )
+
+        def make(k: ExperimentKeys) -> tuple[list[str], list[Any]]:
+            bucket, bucket_expire = self._bucket(k, exp, now)
+            keys = [k.ctl, k.totals, k.due, bucket, *(k.event(e) for e in ids)]
+            return keys, [k.epoch, _ms(now), bucket_expire]
+
+        return int(await self._script("withdraw", exp.name, make))
 
     async def settle_expired(self, exp: ExperimentSettings, limit: int = 1000) -> SettleReport:
-        prefix, totals, due = experiment_keys(exp.name)
         report = SettleReport()
         for _ in range(1000):  # bounded: at most 1000 * limit decisions per call
             now = self.clock()
+            k = self.keys(exp.name)
             members = cast(
                 list[str],
                 await self._call(
                     "settle_expired",
-                    self.client.zrangebyscore(due, "-inf", f"({_ms(now)}", 0, limit),
+                    self.client.zrangebyscore(k.due, "-inf", f"({_ms(now)}", 0, limit),
                 ),
             )
             if not members:
                 break
-            bucket, bucket_expire = self._bucket_key(exp, now)
-            keys = [totals, due, bucket]
-            keys += [f"{prefix}:ev:{m.partition(':')[0]}" for m in members]
-            args: list[Any] = [
-                _ms(now),
-                exp.on_expiry,
-                repr(exp.default_reward),
-                bucket_expire,
-                *members,
-            ]
-            defaulted, dropped = await self._call("settle_expired", self._settle(keys, args))
+
+            def make(
+                k: ExperimentKeys, members: list[str] = members, now: float = now
+            ) -> tuple[list[str], list[Any]]:
+                bucket, bucket_expire = self._bucket(k, exp, now)
+                keys = [k.ctl, k.totals, k.due, bucket]
+                keys += [k.event(m.partition(":")[0]) for m in members]
+                args: list[Any] = [
+                    k.epoch,
+                    _ms(now),
+                    exp.on_expiry,
+                    repr(exp.default_reward),
+                    bucket_expire,
+                    *members,
+                ]
+                return keys, args
+
+            defaulted, dropped = await self._script("settle", exp.name, make)
             report += SettleReport(int(defaulted), int(dropped))
             if len(members) < limit:
                 break
         return report
 
-    async def snapshot(self, experiment: str) -> dict[str, ArmTotals]:
-        _, totals, _ = experiment_keys(experiment)
-        raw = await self._call("snapshot", self.client.hgetall(totals))
-        return _parse_arms(cast(dict[str, str], raw))
+    # -- reading -----------------------------------------------------------------------
+
+    async def read(self, experiment: str) -> Snapshot:
+        for _ in range(5):
+            k = self.keys(experiment)
+            parts = await self._call(
+                "read", self._scripts["read"]([k.ctl, k.totals, k.since], [k.epoch])
+            )
+            control = Control(_pairs(parts[0]))
+            if len(parts) == 1:  # the epoch moved on
+                self._epochs[experiment] = control.epoch
+                continue
+            return Snapshot(control, _parse_arms(_pairs(parts[1])), _parse_since(_pairs(parts[2])))
+        raise StoreError(f"the epoch of {experiment!r} kept changing; retry")
 
     async def buckets(self, exp: ExperimentSettings, start: float, end: float) -> list[Bucket]:
-        prefix, _, _ = experiment_keys(exp.name)
+        k = self.keys(exp.name)
         first, last = exp.bucket_start(start), exp.bucket_start(end)
         starts = list(range(first, last + 1, exp.bucket_seconds))
         if len(starts) > 100_000:
@@ -291,8 +408,69 @@ class RedisStore(Store):
         async def fetch() -> list[dict[str, str]]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for s in starts:
-                    pipe.hgetall(f"{prefix}:b:{s}")
+                    pipe.hgetall(k.bucket(s))
                 return list(await pipe.execute())
 
         raws = await self._call("buckets", fetch())
         return [Bucket(s, _parse_arms(raw)) for s, raw in zip(starts, raws, strict=True) if raw]
+
+    # -- control -----------------------------------------------------------------------
+
+    async def transition(
+        self,
+        exp: ExperimentSettings,
+        expected_version: int,
+        new: Control,
+        events: Sequence[AuditEvent] = (),
+        *,
+        mark_restore: str | None = None,
+        new_epoch: bool = False,
+    ) -> list[AuditEvent] | None:
+        k = self.keys(exp.name)
+        now = self.clock()
+        fields = [x for kv in new.fields.items() for x in kv]
+        args: list[Any] = [
+            expected_version,
+            exp.events_max,
+            repr(now),
+            mark_restore or "",
+            "1" if new_epoch else "0",
+            _ms(exp.retention_seconds + exp.wait_seconds),
+            len(new.fields),
+            *fields,
+        ]
+        for e in events:
+            args += [e.kind, e.actor, e.reason, e.arm or "", json.dumps(dict(e.details))]
+        keys = [k.ctl, k.events, k.totals, k.since, k.due]
+        # A stale epoch here would name old keys; the version check catches it (an epoch
+        # change is a version change), and the caller decides again after reading.
+        out = await self._call("transition", self._scripts["transition"](keys, args))
+        if int(out[0]) != 1:
+            return None
+        if new_epoch:
+            self._epochs[exp.name] = k.epoch + 1
+        return [replace(e, id=i, time=now) for e, i in zip(events, out[1:], strict=True)]
+
+    async def events(
+        self, experiment: str, since: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        k = self.keys(experiment)
+        start = "-" if since is None else f"({since}"
+        raw = cast(
+            list[tuple[str, dict[str, str]]],
+            await self._call("events", self.client.xrange(k.events, start, "+", count=limit)),
+        )
+        out = []
+        for event_id, f in raw:
+            out.append(
+                AuditEvent(
+                    kind=f["kind"],
+                    actor=f["actor"],
+                    reason=f["reason"],
+                    arm=f["arm"] or None,
+                    details=json.loads(f["details"]),
+                    id=event_id,
+                    time=float(f["time"]),
+                )
+            )
+        return out

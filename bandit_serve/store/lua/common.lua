@@ -2,10 +2,21 @@
 -- float counters of store/base.py's ARM_FIELDS; ST: the EventState codes) and before each
 -- script of this folder.
 -- Keys of one experiment carry its {name} hash tag, so a script never crosses slots.
+-- KEYS[1] of every data script is the experiment's control hash and ARGV[1] the epoch
+-- the caller believes current: a script refuses to touch the data of another epoch
+-- (STALE_EPOCH <current>), so a reset is atomic for every replica.
 -- Arm statistics live in hashes with fields "<arm>:<stat>"; rewards are fixed-point
 -- integers of 1e-6 ("units"). Every script runs in two passes: all checks first, then
 -- all writes, so a script that is refused or fails never leaves half its writes behind
 -- (the "#!lua" shebang makes Redis refuse it up front when memory is short).
+
+local function stale_epoch()
+  local cur = redis.call('HGET', KEYS[1], 'epoch') or '0'
+  if cur ~= ARGV[1] then
+    return redis.error_reply('STALE_EPOCH ' .. cur)
+  end
+  return nil
+end
 
 local function fmt_int(x)
   return string.format('%.0f', x)
@@ -32,10 +43,13 @@ function Deltas:add(arm, stat, by)
   a[stat] = (a[stat] or 0) + by
 end
 
-function Deltas:reward(arm, r)
+function Deltas:reward(arm, r, p)
   self:add(arm, 'rewards', 1)
   self:add(arm, 'units', units(r))
   self:add(arm, 'sq', r * r)
+  if p and p > 0 then
+    self:add(arm, 'ipw', r / p)  -- inverse-propensity-weighted reward
+  end
 end
 
 -- Refuse (before any write) when a running unit total would leave the exact range.
@@ -71,4 +85,8 @@ function Deltas:write(totals, bucket, bucket_expire_at)
   if any then
     redis.call('PEXPIREAT', bucket, bucket_expire_at)
   end
+end
+
+local function due_member(key, arm)
+  return string.match(key, ':ev:(.*)$') .. ':' .. arm
 end

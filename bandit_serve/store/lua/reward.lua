@@ -1,18 +1,23 @@
 -- Apply rewards exactly once.
--- KEYS: totals, due, bucket, then one key per event.
--- ARGV: now_ms, low, high, bucket_expire_at_ms, then one reward (a number as text) per
---       event key.
+-- KEYS: ctl, totals, due, bucket, then one key per event.
+-- ARGV: epoch, now_ms, low, high, bucket_expire_at_ms, then one reward (a number as text)
+--       per event key.
 -- The arm comes from the stored decision. Returns one status per event, in order:
 -- applied, duplicate, unknown, expired or invalid.
-local totals, due, bucket = KEYS[1], KEYS[2], KEYS[3]
-local now = tonumber(ARGV[1])
-local low, high = tonumber(ARGV[2]), tonumber(ARGV[3])
+local refused = stale_epoch()
+if refused then
+  return refused
+end
+local totals, due, bucket = KEYS[2], KEYS[3], KEYS[4]
+local now = tonumber(ARGV[2])
+local low, high = tonumber(ARGV[3]), tonumber(ARGV[4])
+local first_key, first_arg = 5, 6
 local out, apply = {}, {}
 local deltas = new_deltas()
 local taken = {}
-for i = 4, #KEYS do
+for i = first_key, #KEYS do
   local key = KEYS[i]
-  local r = tonumber(ARGV[i + 1])
+  local r = tonumber(ARGV[first_arg + i - first_key])
   local status
   if r == nil or r ~= r or r == math.huge or r == -math.huge or r < low or r > high then
     status = 'invalid'
@@ -31,22 +36,19 @@ for i = 4, #KEYS do
       status = 'applied'
       taken[key] = true
       apply[#apply + 1] = {key, arm}
-      deltas:reward(arm, r)
-      if p and p > 0 then
-        deltas:add(arm, 'ipw', r / p)  -- inverse-propensity-weighted reward
-      end
+      deltas:reward(arm, r, p)
     end
   end
   out[#out + 1] = status
 end
-local refused = deltas:check_range(totals)
-if refused then
-  return refused
+local refused_range = deltas:check_range(totals)
+if refused_range then
+  return refused_range
 end
 -- writes
 for _, a in ipairs(apply) do
   redis.call('HSET', a[1], 'st', ST.rewarded)
-  redis.call('ZREM', due, string.match(a[1], ':ev:(.*)$') .. ':' .. a[2])
+  redis.call('ZREM', due, due_member(a[1], a[2]))
 end
-deltas:write(totals, bucket, ARGV[4])
+deltas:write(totals, bucket, ARGV[5])
 return out

@@ -1,18 +1,23 @@
 -- Settle decisions whose deadline passed without a reward.
--- KEYS: totals, due, bucket, then one key per event.
--- ARGV: now_ms, mode ("default" or "drop"), default reward, bucket_expire_at_ms, then one
---       due-set member ("<event_id>:<arm>") per event key.
+-- KEYS: ctl, totals, due, bucket, then one key per event.
+-- ARGV: epoch, now_ms, mode ("default" or "drop"), default reward, bucket_expire_at_ms,
+--       then one due-set member ("<event_id>:<arm>") per event key.
 -- A member no longer in the due set was rewarded or settled by someone else: skipped.
 -- A member whose decision record has already expired is still settled (its arm is in
 -- the member). Returns {defaulted, dropped}.
-local totals, due, bucket = KEYS[1], KEYS[2], KEYS[3]
-local now, mode = tonumber(ARGV[1]), ARGV[2]
-local default = tonumber(ARGV[3])
+local refused = stale_epoch()
+if refused then
+  return refused
+end
+local totals, due, bucket = KEYS[2], KEYS[3], KEYS[4]
+local now, mode = tonumber(ARGV[2]), ARGV[3]
+local default = tonumber(ARGV[4])
+local first_key, first_arg = 5, 6
 local deltas = new_deltas()
 local todo = {}
 local seen = {}
-for i = 4, #KEYS do
-  local key, member = KEYS[i], ARGV[i + 1]
+for i = first_key, #KEYS do
+  local key, member = KEYS[i], ARGV[first_arg + i - first_key]
   local score = redis.call('ZSCORE', due, member)
   if score and tonumber(score) < now and not seen[member] then
     seen[member] = true
@@ -24,18 +29,15 @@ for i = 4, #KEYS do
       if mode == 'drop' then
         deltas:add(arm, 'dropped', 1)
       else
-        deltas:reward(arm, default)
+        deltas:reward(arm, default, p)
         deltas:add(arm, 'defaulted', 1)
-        if p and p > 0 then
-          deltas:add(arm, 'ipw', default / p)
-        end
       end
     end
   end
 end
-local refused = deltas:check_range(totals)
-if refused then
-  return refused
+local refused_range = deltas:check_range(totals)
+if refused_range then
+  return refused_range
 end
 local defaulted, dropped = 0, 0
 for _, t in ipairs(todo) do
@@ -47,5 +49,5 @@ for _, t in ipairs(todo) do
     if mode == 'drop' then dropped = dropped + 1 else defaulted = defaulted + 1 end
   end
 end
-deltas:write(totals, bucket, ARGV[4])
+deltas:write(totals, bucket, ARGV[5])
 return {defaulted, dropped}
