@@ -8,6 +8,8 @@
     ├── UnknownExperimentError (KeyError)
     ├── UnknownArmError (KeyError)     an arm name that the experiment does not have
     ├── ModelError                     the model of an arm raised or timed out
+    ├── InputRejected (ValueError)     a request's inputs fit no active arm's contract (422)
+    ├── ActionRefused                  an action that does not fit the experiment's state (409)
     └── StoreError (ConnectionError)   the state backend (Redis) could not be reached or failed;
                                        the call changed nothing it reported, retry it
 
@@ -18,8 +20,10 @@ defined in the package and checks that it descends from :class:`BanditServeError
 from __future__ import annotations
 
 __all__ = [
+    "ActionRefused",
     "BanditServeError",
     "ConfigError",
+    "InputRejected",
     "ModelError",
     "PolicyInputError",
     "StoreError",
@@ -64,6 +68,16 @@ class ModelError(BanditServeError):
         self.experiment = experiment
         self.arm = arm
         self.reason = reason
+
+
+class InputRejected(BanditServeError, ValueError):
+    """A request's inputs do not fit the contract of an arm that could serve it (or the
+    experiment's input schema): refused before any decision is logged."""
+
+
+class ActionRefused(BanditServeError):
+    """An action does not fit the experiment's state (HTTP 409), e.g. rolling back the
+    baseline or promoting a rolled-back arm."""
 
 
 class StoreError(BanditServeError, ConnectionError):

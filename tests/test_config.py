@@ -134,7 +134,8 @@ BAD_FILES: list[tuple[str, str, str]] = [
     (
         "ucb on gaussian",
         experiment(
-            reward="    reward: {kind: gaussian, default: 0}\n", policy="    policy: {kind: ucb1}\n"
+            reward="    reward: {kind: gaussian, default: 0, error_reward: 0}\n",
+            policy="    policy: {kind: ucb1}\n",
         ),
         r"experiments\[0\]: policy: ucb1 needs rewards in \[0, 1\]",
     ),
@@ -163,6 +164,74 @@ BAD_FILES: list[tuple[str, str, str]] = [
         "duplicate experiments",
         "experiments:\n" + experiment().split("\n", 1)[1] * 2,
         r"yaml: experiment names must be unique; repeated: exp1",
+    ),
+    (
+        "guardrail unknown metric",
+        experiment(extra="    guardrails: {rules: [{metric: cpu, max_ratio: 2}]}\n"),
+        r"experiments\[0\]\.guardrails\.rules\[0\]\.metric: Input should be 'error_rate'",
+    ),
+    (
+        "guardrail ratio at most 1",
+        experiment(extra="    guardrails: {rules: [{metric: latency_p99, max_ratio: 0.9}]}\n"),
+        r"experiments\[0\]\.guardrails\.rules\[0\]: max_ratio must be above 1; got 0\.9",
+    ),
+    (
+        "guardrail ratio finer than the histogram",
+        experiment(extra="    guardrails: {rules: [{metric: latency_p95, max_ratio: 1.05}]}\n"),
+        r"rules\[0\]: max_ratio 1\.05 is finer than the latency histogram resolves",
+    ),
+    (
+        "guardrail bound that does not fit the metric",
+        experiment(extra="    guardrails: {rules: [{metric: error_rate, max_ratio: 2}]}\n"),
+        r"rules\[0\]: metric error_rate takes exactly one of max_increase; got max_ratio",
+    ),
+    (
+        "guardrail with two bounds",
+        experiment(
+            extra="    guardrails: {rules: [{metric: latency_p99, max_ratio: 2, max_seconds: 1}]}\n"
+        ),
+        r"rules\[0\]: metric latency_p99 takes exactly one of max_ratio or max_seconds",
+    ),
+    (
+        "guardrails without rules",
+        experiment(extra="    guardrails: {rules: []}\n"),
+        r"experiments\[0\]\.guardrails\.rules: List should have at least 1 item",
+    ),
+    (
+        "guardrails on one arm",
+        experiment(
+            arms='    arms: [{name: v1, model: "pkg.mod:f"}]\n',
+            extra="    guardrails: {rules: [{metric: error_rate, max_increase: 0.02}]}\n",
+        ),
+        r"experiments\[0\]: guardrails compare arms with a baseline: they need at least 2 arms",
+    ),
+    (
+        "baseline that is not an arm",
+        experiment(extra="    baseline: v9\n"),
+        r"experiments\[0\]: baseline 'v9' is not an arm; arms: v1, v2",
+    ),
+    (
+        "gaussian without error_reward",
+        experiment(
+            reward="    reward: {kind: gaussian, default: 0}\n",
+            policy="    policy: {kind: gaussian_thompson}\n",
+        ),
+        r"experiments\[0\]\.reward: gaussian rewards have no natural low value: give error_reward",
+    ),
+    (
+        "error_reward outside the bounds",
+        experiment(reward="    reward: {kind: bernoulli, error_reward: 2}\n"),
+        r"experiments\[0\]\.reward: error_reward 2\.0 lies outside \[0\.0, 1\.0\]",
+    ),
+    (
+        "bad input schema",
+        experiment(extra="    input_schema: {type: 12}\n"),
+        r"experiments\[0\]: input_schema is not a valid JSON Schema",
+    ),
+    (
+        "notify without a url",
+        experiment(extra="    notify: {url: ftp://x}\n"),
+        r"experiments\[0\]\.notify\.url: String should match",
     ),
     (
         "negative sync",
@@ -198,6 +267,44 @@ def test_demo_config_loads_and_builds() -> None:
     assert exp.build_policy().kind == "thompson"
     settings = exp.store_settings()
     assert (settings.low, settings.high, settings.default_reward) == (0.0, 1.0, 0.0)
+
+
+def test_guardrails_and_error_handling_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        experiment(
+            reward="    reward: {kind: gaussian, default: 0, error_reward: -3}\n",
+            policy="    policy: {kind: gaussian_thompson}\n",
+            extra="    baseline: v2\n    guardrails:\n      rules:\n"
+            "        - {metric: error_rate, max_increase: 0.02}\n"
+            "        - {metric: latency_p99, max_ratio: 1.5}\n"
+            "        - {metric: latency_p99, max_seconds: 0.25}\n"
+            "        - {metric: reward, max_decrease: 0.05}\n",
+        )
+    )
+    exp = load_config(path).experiments[0]
+    assert exp.baseline_arm == "v2"
+    g = exp.guardrails
+    assert g is not None
+    assert (g.min_calls, g.alpha, g.check_interval_seconds, g.on_violation) == (
+        200,
+        0.01,
+        5.0,
+        "rollback",
+    )
+    assert g.alpha_per_rule == 0.0025
+    assert [r.id for r in g.rules] == [
+        "error_rate max_increase=0.02",
+        "latency_p99 max_ratio=1.5",
+        "latency_p99 max_seconds=0.25",
+        "reward max_decrease=0.05",
+    ]
+    settings = exp.store_settings()
+    assert (settings.on_model_error, settings.error_reward) == ("low", -3.0)
+    path.write_text(experiment())
+    plain = load_config(path).experiments[0]
+    assert plain.baseline_arm == "v1" and plain.guardrails is None
+    assert plain.store_settings().error_reward == 0.0  # bernoulli: the low end
 
 
 def test_model_shorthands_and_defaults(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ the file, the field path and what is wrong.
 
 Modules: ``base`` (shared model rules), ``policies`` (one config per policy kind),
 ``models`` (model references), ``experiment`` (experiments and whole files), ``loading``
-(YAML, error messages).
+(YAML, error messages), ``safety`` (guardrails, notifications).
 """
 
 from __future__ import annotations
@@ -39,8 +39,17 @@ from bandit_serve.config.policies import (
     ThompsonConfig,
     UCB1Config,
 )
+from bandit_serve.config.safety import (
+    LATENCY_RESOLUTION,
+    MIN_RATIO,
+    GuardrailRule,
+    GuardrailsConfig,
+    NotifyConfig,
+)
 
 __all__ = [
+    "LATENCY_RESOLUTION",
+    "MIN_RATIO",
     "MODEL_REF",
     "NAME_PATTERN",
     "REWARD_LIMIT",
@@ -52,9 +61,12 @@ __all__ = [
     "ExperimentConfig",
     "FixedConfig",
     "GaussianThompsonConfig",
+    "GuardrailRule",
+    "GuardrailsConfig",
     "KLUCBConfig",
     "ModelRef",
     "Name",
+    "NotifyConfig",
     "PolicyConfig",
     "PolicyConfigBase",
     "RewardSpec",

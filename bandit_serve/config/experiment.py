@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from bandit_serve.config.base import Name, Strict, require_unique
 from bandit_serve.config.models import ModelRef, model_shorthand
 from bandit_serve.config.policies import PolicyConfig
+from bandit_serve.config.safety import GuardrailsConfig, NotifyConfig
 from bandit_serve.policies import Policy
 from bandit_serve.store.base import ExperimentSettings
 
@@ -54,6 +55,13 @@ class RewardSpec(Strict):
     wait_seconds: float = Field(600.0, gt=0, le=30 * 86400)
     on_expiry: Literal["default", "drop"] = "default"
     default: float | None = Field(None, allow_inf_nan=False)
+    on_model_error: Literal["low", "withdraw"] = Field(
+        "low",
+        description="low: a failed or timed-out model call is a decision rewarded "
+        "error_reward at once (every policy learns from it); withdraw: it leaves the "
+        "reward statistics (it still counts as the arm's error).",
+    )
+    error_reward: float | None = Field(None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
@@ -72,7 +80,21 @@ class RewardSpec(Strict):
             d = self.default_reward
             if not low <= d <= high:
                 raise ValueError(f"default reward {d} lies outside [{low}, {high}]")
+        if self.on_model_error == "low":
+            if self.error_reward is None and self.kind == "gaussian":
+                raise ValueError(
+                    "gaussian rewards have no natural low value: give error_reward, or "
+                    "on_model_error: withdraw"
+                )
+            e = self.failed_call_reward
+            if not low <= e <= high:
+                raise ValueError(f"error_reward {e} lies outside [{low}, {high}]")
         return self
+
+    @property
+    def failed_call_reward(self) -> float:
+        """The reward of a decision whose model call failed (``on_model_error: low``)."""
+        return self.error_reward if self.error_reward is not None else self.bounds[0]
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -111,6 +133,14 @@ class ExperimentConfig(Strict):
         86400.0, ge=1, le=90 * 86400, description="How long a decision is kept after its deadline."
     )
     buckets: BucketConfig = BucketConfig()
+    baseline: Name | None = Field(
+        None, description="The arm others are compared with (default: the first arm)."
+    )
+    guardrails: GuardrailsConfig | None = None
+    input_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema every request's inputs must match (422 otherwise)."
+    )
+    notify: NotifyConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -118,7 +148,19 @@ class ExperimentConfig(Strict):
         problems = self.policy.fit_problems(self.reward.kind, len(self.arms))
         if problems:
             raise ValueError("; ".join(problems))
+        if self.baseline is not None and self.baseline not in self.arm_names:
+            raise ValueError(
+                f"baseline {self.baseline!r} is not an arm; arms: {', '.join(self.arm_names)}"
+            )
+        if self.guardrails is not None and len(self.arms) < 2:
+            raise ValueError("guardrails compare arms with a baseline: they need at least 2 arms")
+        if self.input_schema is not None:
+            _check_schema(self.input_schema)
         return self
+
+    @property
+    def baseline_arm(self) -> str:
+        return self.baseline if self.baseline is not None else self.arms[0].name
 
     @property
     def arm_names(self) -> list[str]:
@@ -137,10 +179,22 @@ class ExperimentConfig(Strict):
             wait_seconds=self.reward.wait_seconds,
             on_expiry=self.reward.on_expiry,
             default_reward=self.reward.default_reward,
+            on_model_error=self.reward.on_model_error,
+            error_reward=self.reward.failed_call_reward,
             retention_seconds=self.record_retention_seconds,
             bucket_seconds=self.buckets.seconds,
             bucket_retention_seconds=self.buckets.retention_seconds,
         )
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as err:
+        raise ValueError(f"input_schema is not a valid JSON Schema: {err.message}") from None
 
 
 class AppConfig(Strict):

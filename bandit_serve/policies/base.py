@@ -22,6 +22,7 @@ Each policy writes two hooks:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -287,6 +288,12 @@ class Policy(ABC):
         if stats.shape[0] != 1:
             raise PolicyInputError(f"freeze takes a single state; got B = {stats.shape[0]}.")
         return FrozenDistribution(self.probabilities(stats, rng)[0])
+
+    def restricted(self, arms: Sequence[int]) -> Policy:
+        """The policy over a subset of the arms (their indices), as the server routes when
+        some arms are rolled back. Most policies read only the statistics they are given
+        and return themselves; a policy with per-arm parameters selects them."""
+        return self
 
     # -- helpers ---------------------------------------------------------------------
 

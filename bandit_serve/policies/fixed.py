@@ -41,6 +41,13 @@ class FixedWeights(Policy):
         else:
             self.weights = None
 
+    def restricted(self, arms: Sequence[int]) -> FixedWeights:
+        """The weights of the arms kept (an all-zero subset splits evenly)."""
+        if self.weights is None:
+            return self
+        w = self.weights[list(arms)]
+        return FixedWeights(weights=w.tolist() if w.sum() > 0 else None, min_share=self.min_share)
+
     def _weights(self, k: int) -> FloatArray:
         if self.weights is None:
             return np.full(k, 1.0 / k)
