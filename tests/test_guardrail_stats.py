@@ -183,6 +183,8 @@ def test_prometheus_cumulative_counts_are_exact() -> None:
 
 
 def log_lr_by_quad(s: int, n: int, theta0: float, null: tuple[float, float] | None) -> float:
+    """The mixture ratio by numerical integration: the prior mixes the truncated tail
+    prior (3/4) and the uniform on (theta0, 1] (1/4)."""
     a, b = tail_prior(theta0)
     mode = min(max(s / n, theta0), 1.0)
 
@@ -191,11 +193,15 @@ def log_lr_by_quad(s: int, n: int, theta0: float, null: tuple[float, float] | No
 
     shift = log_lik(mode) if mode < 1 else 0.0  # integrate exp(log_lik - shift)
 
+    def prior(t: float) -> float:
+        tail = float(stats.beta.pdf(t, a, b)) / float(stats.beta.sf(theta0, a, b))
+        return 0.75 * tail + 0.25 / (1.0 - theta0)
+
     def integrand(t: float) -> float:
-        return math.exp(log_lik(t) - shift) * float(stats.beta.pdf(t, a, b))
+        return math.exp(log_lik(t) - shift) * prior(t)
 
     num, _ = integrate.quad(integrand, theta0, 1.0, points=[mode], limit=500, epsabs=0)
-    log_num = math.log(num / float(stats.beta.sf(theta0, a, b))) + shift
+    log_num = math.log(num) + shift
     if null is None:
         return log_num - log_lik(theta0)
     den, _ = integrate.quad(

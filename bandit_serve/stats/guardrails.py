@@ -50,13 +50,17 @@ experiment) and returns a :class:`GuardrailTest` of arrays.
     truncated to ``theta in (theta0, 1]`` (:func:`bernoulli_mixture_log_lr`). For every
     ``theta > theta0`` the ratio is a supermartingale under every true rate
     ``theta' <= theta0``, so the test is EXACT for the composite null, in finite samples
-    and under continuous monitoring; the binning only makes it conservative. Prior
-    (:func:`tail_prior`): ``Beta(1, (1 - theta0) / theta0)``, the Beta with ``a = 1``
-    and mean ``theta0``, truncated: its excess over ``theta0`` is close to exponential
-    with scale ``theta0``, i.e. tails 1.5 to 4 times heavier than allowed, the range a
-    guardrail exists to catch (for ``q = 1/2`` it is uniform on ``(1/2, 1]``). Closed
-    form with ``betaln`` and the regularized incomplete beta ``betaincc``, in log space
-    (``n = 10^7`` is fine).
+    and under continuous monitoring; the binning only makes it conservative. Prior: a
+    mixture, weights 3/4 and 1/4, of (:func:`tail_prior`) ``Beta(1, (1 - theta0) /
+    theta0)``, the Beta with ``a = 1`` and mean ``theta0``, truncated (its excess over
+    ``theta0`` is close to exponential with scale ``theta0``, i.e. tails 1.5 to 4 times
+    heavier than allowed, the range a guardrail exists to catch) and the uniform on
+    ``(theta0, 1]`` (an arm many times slower than allowed, nearly every call over the
+    threshold, is caught within a few calls instead of waiting for the first
+    component; the mixture costs at most ``log 4/3`` of evidence where the first
+    component alone would do: a 2x slower arm within 2,000 calls in 92.4% of runs with
+    it alone, 91-92% with the mixture). Closed form with ``betaln`` and the regularized
+    incomplete beta ``betaincc``, in log space (``n = 10^7`` is fine).
 
 :func:`latency_ratio` -- "the arm's q-quantile is more than ``max_ratio`` times the
     baseline's". The threshold is ``c = max_ratio * quantile_upper(base, q)``, ``S`` and
@@ -132,6 +136,7 @@ __all__ = [
 ]
 
 FloatArray = NDArray[np.float64]
+UNIFORM_SHARE = 0.25  # of the tail tests' prior: uniform on (theta0, 1]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 
@@ -244,7 +249,9 @@ def bernoulli_mixture_log_lr(
     """Log of the truncated-Beta mixture likelihood ratio of ``n`` Bernoulli trials.
 
     ``Lambda = integral_{theta0}^1 theta^S (1 - theta)^(n - S) dPi(theta) / L0`` with
-    ``Pi`` the :func:`tail_prior` truncated to ``(theta0, 1]``. The denominator ``L0`` is
+    ``Pi`` the mixture of the :func:`tail_prior` (weight ``1 - UNIFORM_SHARE``) and the
+    uniform distribution (``UNIFORM_SHARE``), both truncated to ``(theta0, 1]``. The
+    denominator ``L0`` is
     the point null ``theta0^S (1 - theta0)^(n - S)`` (a supermartingale under every rate
     ``<= theta0``), or, with ``null_beta = (a0, b0)``, the Beta-binomial marginal
     ``B(S + a0, n - S + b0) / B(a0, b0)`` of a rate drawn from ``Beta(a0, b0)``. Closed
@@ -265,16 +272,27 @@ def bernoulli_mixture_log_lr(
     ndarray
         ``log Lambda``.
     """
-    a, b = tail_prior(theta0)
     s, m = _f(successes), _f(n)
     f = m - s
-    with np.errstate(divide="ignore"):
-        log_num = (
-            special.betaln(a + s, b + f)
-            - special.betaln(a, b)
-            + np.log(special.betaincc(a + s, b + f, theta0))
-            - np.log(special.betaincc(a, b, theta0))
-        )
+
+    def log_marginal(a: float, b: float) -> FloatArray:
+        with np.errstate(divide="ignore"):
+            return np.asarray(
+                special.betaln(a + s, b + f)
+                - special.betaln(a, b)
+                + np.log(special.betaincc(a + s, b + f, theta0))
+                - np.log(special.betaincc(a, b, theta0)),
+                dtype=np.float64,
+            )
+
+    # most of the prior near theta0 (power for tails a few times too heavy), the rest
+    # uniform on (theta0, 1] (an arm far slower than allowed is caught at once, even
+    # while the baseline's quantile is still uncertain); a mixture of supermartingales
+    # is one
+    log_num = np.logaddexp(
+        np.log1p(-UNIFORM_SHARE) + log_marginal(*tail_prior(theta0)),
+        np.log(UNIFORM_SHARE) + log_marginal(1.0, 1.0),
+    )
     if null_beta is None:
         log_den = s * np.log(theta0) + f * np.log1p(-theta0)
     else:
