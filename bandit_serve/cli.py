@@ -21,6 +21,17 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+arm_app = typer.Typer(help="Act on one arm: rollback, restore.", no_args_is_help=True)
+experiment_app = typer.Typer(
+    help="Act on an experiment (pause, resume, promote, reset) or read its audit log.",
+    no_args_is_help=True,
+)
+app.add_typer(arm_app, name="arm")
+app.add_typer(experiment_app, name="experiment")
+
+URL_OPTION = typer.Option(help="Service URL.", envvar="BANDIT_SERVE_URL")
+
+
 @app.callback()
 def main() -> None:
     """Serve model versions as arms of a bandit; simulate policies offline."""
@@ -280,6 +291,137 @@ def analyze(
         if a["note"] and a["note"] != "baseline":
             out.print(f"{a['name']}: {a['note']}", highlight=False)
     out.print("* " + "\n* ".join(rep["notes"]), highlight=False)
+
+
+def _request(method: str, url: str, path: str, **kw: Any) -> Any:
+    """One call to the service; a refusal or an unreachable service exits with its reason."""
+    import httpx
+
+    try:
+        r = httpx.request(method, f"{url.rstrip('/')}{path}", timeout=30, **kw)
+    except httpx.HTTPError as err:
+        raise fail(f"cannot reach {url}: {err}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = {"detail": r.text[:300]}
+    if r.status_code != 200:
+        raise fail(f"{r.status_code}: {body.get('detail', body)}")
+    return body
+
+
+def _acted(body: dict[str, Any], what: str) -> None:
+    change = "done" if body["changed"] else "nothing to do (already so)"
+    arms = ", ".join(f"{a} {s}" for a, s in body["arms"].items())
+    typer.echo(f"{what}: {change}. Experiment {body['state']}; arms: {arms}")
+
+
+def _reason(reason: str | None) -> dict[str, Any]:
+    return {"json": {"reason": reason}} if reason else {}
+
+
+Reason = Annotated[str | None, typer.Option(help="Why (kept in the audit log).")]
+Url = Annotated[str, URL_OPTION]
+
+
+@arm_app.command("rollback")
+def arm_rollback(
+    experiment: str, arm: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+) -> None:
+    """Stop routing to ARM (its pending rewards still count). Not the baseline."""
+    body = _request(
+        "POST", url, f"/v1/experiments/{experiment}/arms/{arm}/rollback", **_reason(reason)
+    )
+    _acted(body, f"roll back {arm}")
+
+
+@arm_app.command("restore")
+def arm_restore(
+    experiment: str, arm: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+) -> None:
+    """Route to a rolled-back ARM again (its guardrail statistics start from now)."""
+    body = _request(
+        "POST", url, f"/v1/experiments/{experiment}/arms/{arm}/restore", **_reason(reason)
+    )
+    _acted(body, f"restore {arm}")
+
+
+@experiment_app.command("pause")
+def experiment_pause(
+    experiment: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+) -> None:
+    """All traffic to the baseline; decisions are still logged and rewardable."""
+    _acted(_request("POST", url, f"/v1/experiments/{experiment}/pause", **_reason(reason)), "pause")
+
+
+@experiment_app.command("resume")
+def experiment_resume(
+    experiment: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+) -> None:
+    """The policy routes again."""
+    _acted(
+        _request("POST", url, f"/v1/experiments/{experiment}/resume", **_reason(reason)), "resume"
+    )
+
+
+@experiment_app.command("promote")
+def experiment_promote(
+    experiment: str,
+    arm: Annotated[str | None, typer.Argument(help="The arm (a canary may leave it out).")] = None,
+    reason: Reason = None,
+    url: Url = "http://127.0.0.1:8000",
+) -> None:
+    """All traffic to ARM; the other arms retire."""
+    payload: dict[str, Any] = {"arm": arm}
+    if reason:
+        payload["reason"] = reason
+    body = _request("POST", url, f"/v1/experiments/{experiment}/promote", json=payload)
+    _acted(body, f"promote {arm or 'the candidate'}")
+
+
+@experiment_app.command("reset")
+def experiment_reset(
+    experiment: str,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: statistics start from zero.")
+    ] = False,
+    reason: Reason = None,
+    url: Url = "http://127.0.0.1:8000",
+) -> None:
+    """A fresh start: statistics from zero, old event ids unknown (statuses and the audit
+    log stay). Needs --yes."""
+    if not yes:
+        raise fail(f"reset discards every statistic of {experiment}; add --yes to confirm")
+    body = _request(
+        "POST",
+        url,
+        f"/v1/experiments/{experiment}/reset",
+        params={"confirm": experiment},
+        **_reason(reason),
+    )
+    _acted(body, "reset")
+
+
+@experiment_app.command("events")
+def experiment_events(
+    experiment: str,
+    since: Annotated[str | None, typer.Option(help="Only events after this id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    url: Url = "http://127.0.0.1:8000",
+) -> None:
+    """The audit log: who changed what, when and why."""
+    import datetime as dt
+
+    params: dict[str, Any] = {"limit": limit}
+    if since:
+        params["since"] = since
+    body = _request("GET", url, f"/v1/experiments/{experiment}/events", params=params)
+    if not body["events"]:
+        typer.echo("no events")
+    for e in body["events"]:
+        when = dt.datetime.fromtimestamp(e["time"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        arm = f" {e['arm']}" if e["arm"] else ""
+        typer.echo(f"{e['id']}  {when}Z  {e['kind']}{arm} by {e['actor']}: {e['reason']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,13 +1,16 @@
-"""The demo's two model versions: digit classifiers on scikit-learn's bundled digits.
+"""The demo's model versions: digit classifiers on scikit-learn's bundled digits.
 
 ``v1`` is a Gaussian naive Bayes model (about 80% accurate), ``v2`` a logistic regression
-(about 95%). Both are trained on the first half of the data on first use and cached with
-joblib under ``$BANDIT_SERVE_HOME/models`` (default ``./var``); the second half is the
-production traffic that ``bandit-serve loadgen`` sends.
+(about 95%), ``v3`` a broken release of v2: it fails on images with a bright pixel near
+the top-left corner (about 17% of them) and takes 40 ms longer on every call, so the
+demo's guardrails roll it back. The models are trained on the first half of the data
+on first use and cached with joblib under ``$BANDIT_SERVE_HOME/models`` (default
+``./var``); the second half is the production traffic that ``bandit-serve loadgen`` sends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from functools import cache
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["accuracy", "model_path", "predict_v1", "predict_v2", "traffic"]
+__all__ = ["accuracy", "model_path", "predict_v1", "predict_v2", "predict_v3", "traffic"]
 
 
 def home() -> Path:
@@ -86,6 +89,18 @@ def predict_v1(inputs: Any) -> Any:
 
 def predict_v2(inputs: Any) -> Any:
     """Digit(s) for 64-pixel image(s), stronger version."""
+    return _predict("v2", inputs)
+
+
+V3_DELAY_SECONDS = 0.04
+
+
+async def predict_v3(inputs: Any) -> Any:
+    """Digit(s), a broken version: slower, and it fails on some images."""
+    await asyncio.sleep(V3_DELAY_SECONDS)
+    rows = np.asarray(inputs, dtype=np.float64).reshape(-1, 64)
+    if (rows[:, 2] > 10).any():
+        raise ValueError("v3 cannot read this image (a bug in its new preprocessing)")
     return _predict("v2", inputs)
 
 

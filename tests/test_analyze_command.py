@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from bandit_serve.cli import app
@@ -18,7 +14,7 @@ from bandit_serve.service.core import BanditService
 from bandit_serve.service.http import create_api
 from bandit_serve.service.local import LocalModels
 from bandit_serve.store import MemoryStore
-from tests.conftest import free_port
+from tests.conftest import serve_in_thread
 
 
 @pytest.fixture
@@ -39,25 +35,8 @@ def server() -> Iterator[str]:
         }
     )
     service = BanditService(cfg, MemoryStore(), LocalModels(cfg), seed=3)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_api(lambda: service), port=port, log_level="error"))
-    thread = threading.Thread(target=lambda: asyncio.run(srv.serve()), daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            httpx.get(f"{base}/healthz", timeout=1)
-            break
-        except httpx.HTTPError as err:
-            if time.monotonic() > deadline or not thread.is_alive():
-                srv.should_exit = True
-                thread.join(timeout=10)
-                pytest.fail(f"the uvicorn server at {base} never answered /healthz ({err!r})")
-            time.sleep(0.05)
-    yield base
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_api(lambda: service)) as base:
+        yield base
 
 
 def test_analyze_prints_the_table_and_explains_its_numbers(server: str) -> None:

@@ -1,56 +1,112 @@
 """The serving logic as plain asyncio classes: no Ray, no HTTP.
 
-:class:`ExperimentRouter` routes one experiment's requests: it keeps a snapshot of the
-arm statistics (refreshed from the store every ``sync_interval_seconds``), the policy's
-selection distribution frozen for that snapshot, and sends every decision and every
-reward to the store. :class:`BanditService` holds the routers of a whole config and
-applies config changes. The Ray Serve deployments and the HTTP API only wire these up.
+:class:`ExperimentRouter` routes one experiment's requests. It keeps a snapshot of the
+experiment (control state and arm statistics, refreshed from the store every
+``sync_interval_seconds``) and the routing distribution frozen for that snapshot: the
+policy's distribution over the *active* arms while the experiment runs, all traffic to
+the baseline while it is paused, all to the promoted arm once one is. A request's path::
+
+    input contract of every arm that could be drawn (422 before anything is logged)
+    -> draw an arm -> call its model (timed; a failure is the arm's error)
+    -> log the decision with the call's outcome (one store call) -> answer
+
+The safety plane runs beside it on the same store: guardrail checks every
+``check_interval_seconds`` (:mod:`bandit_serve.safety`), actions by operators, and the
+sweeper that settles expired decisions. :class:`BanditService` holds the routers of a
+whole config and runs the background loops. The Ray Serve deployments and the HTTP API
+only wire these up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from bandit_serve.config import AppConfig, ExperimentConfig
-from bandit_serve.errors import ModelError, StoreError, UnknownExperimentError
+from bandit_serve.errors import (
+    InputRejected,
+    ModelError,
+    StoreError,
+    UnknownArmError,
+    UnknownExperimentError,
+)
 from bandit_serve.policies import ArmStats, FrozenDistribution
-from bandit_serve.stats import AnalysisReport, analyze, arm_posterior
-from bandit_serve.store import ArmTotals, DecisionRecord, RewardOutcome, Store
+from bandit_serve.safety import actions
+from bandit_serve.safety.guardrails import Finding, evaluate, latency_summary
+from bandit_serve.service.models import InputContract
+from bandit_serve.stats import AnalysisReport, analyze, arm_posterior, histogram
+from bandit_serve.store import (
+    ArmStatus,
+    ArmTotals,
+    AuditEvent,
+    Control,
+    ExperimentState,
+    LoggedDecision,
+    RewardOutcome,
+    Snapshot,
+    Store,
+    new_event_id,
+)
 
 __all__ = ["BanditService", "ExperimentRouter", "ModelCaller", "Prediction"]
 
 log = logging.getLogger("bandit_serve")
 
 TRAFFIC_WINDOW_SECONDS = 300.0  # traffic_share covers the last five minutes
+ACT_ATTEMPTS = 20  # compare-and-set retries of one action under contention
 
 
 class ModelCaller(Protocol):
-    """Calls the model of one arm: ``await caller(experiment, arm, inputs)``."""
+    """Calls the models of the arms: ``await caller(experiment, arm, inputs)``, and tells
+    each arm's input contract (None when the model declares none)."""
 
     def __call__(self, experiment: str, arm: str, inputs: Any) -> Awaitable[Any]: ...
+
+    async def contracts(
+        self, experiment: str, arms: Sequence[str]
+    ) -> dict[str, InputContract | None]: ...
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """An answered request: ``prediction_json`` is the model's answer already encoded (so
+    an answer that cannot be sent is known before the decision is logged)."""
+
     event_id: str
     arm: str
-    prediction: Any
+    prediction_json: str
     propensity: float
 
+    @property
+    def prediction(self) -> Any:
+        return json.loads(self.prediction_json)
 
-Observer = Callable[[str, str, float, bool], None]  # experiment, arm, model seconds, failed
+
+@dataclass
+class _Request:
+    """One request's state, shared with the task that finishes it if the client leaves."""
+
+    gone: bool = False
+    logged_gone: bool = False
+    event_id: str = field(default_factory=new_event_id)
+
+
+def encode_json(value: Any) -> str:
+    """Strict JSON (no NaN; non-ASCII escaped, so lone surrogates still encode)."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=True, separators=(",", ":"))
 
 
 class ExperimentRouter:
-    """Routes one experiment: decide, log, call the model; take rewards; describe."""
+    """Routes one experiment: decide, call the model, log; take rewards; act; describe."""
 
     def __init__(
         self,
@@ -60,32 +116,45 @@ class ExperimentRouter:
         *,
         seed: int | None = None,
         model_timeout: float = 30.0,
-        observe: Observer | None = None,
+        on_events: Callable[[ExperimentConfig, list[AuditEvent]], None] | None = None,
     ) -> None:
         self.store = store
         self.caller = caller
         self.model_timeout = model_timeout
-        self.observe = observe
+        self.on_events = on_events
         self.rng = np.random.default_rng(seed)
         self._refresh_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.findings: list[Finding] = []
+        self.checked_at = -math.inf
         self.configure(cfg)
 
     def configure(self, cfg: ExperimentConfig) -> None:
-        """Take a new config of the same experiment (arms, policy, reward spec)."""
+        """Take a new config of the same experiment (arms, policy, reward spec, rules)."""
         self.cfg = cfg
         self.settings = cfg.store_settings()
         self.policy = cfg.build_policy()
         self.arms = cfg.arm_names
+        self.baseline = cfg.baseline_arm
         self.frozen: FrozenDistribution | None = None
         self.expected: dict[str, float] = {}  # the frozen distribution by arm name
+        self.snap: Snapshot | None = None
         self.refreshed_at = -math.inf
+        self.contracts: dict[str, InputContract | None] | None = None
+        self.digest = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+        self.announced: str | None = None
+        self._schema: Any = None
+        if cfg.input_schema is not None:
+            from jsonschema import Draft202012Validator
+
+            self._schema = Draft202012Validator(cfg.input_schema)
 
     # -- the snapshot ----------------------------------------------------------------
 
-    def arm_stats(self, totals: dict[str, ArmTotals]) -> ArmStats:
-        """Statistics in arm order, on the scale the policy expects."""
+    def arm_stats(self, totals: dict[str, ArmTotals], arms: Sequence[str]) -> ArmStats:
+        """Statistics of ``arms`` in that order, on the scale the policy expects."""
         zero = ArmTotals()
-        t = [totals.get(a, zero) for a in self.arms]
+        t = [totals.get(a, zero) for a in arms]
         st = ArmStats.from_arrays(
             [x.rewards for x in t], [x.reward_sum for x in t], [x.reward_sq for x in t]
         )
@@ -93,51 +162,157 @@ class ExperimentRouter:
             st = st.rescaled(self.settings.low, self.settings.high)
         return st
 
+    def routing(self, snap: Snapshot) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """The probability of each arm (config order) under this snapshot."""
+        ctl = snap.control
+        p = np.zeros(len(self.arms))
+        if ctl.state is ExperimentState.PROMOTED:
+            promoted = [i for i, a in enumerate(self.arms) if ctl.status(a) is ArmStatus.PROMOTED]
+            p[promoted[0] if promoted else self.arms.index(self.baseline)] = 1.0
+            return p
+        if ctl.state is ExperimentState.PAUSED:
+            p[self.arms.index(self.baseline)] = 1.0
+            return p
+        active = [i for i, a in enumerate(self.arms) if ctl.status(a) is ArmStatus.ACTIVE]
+        if not active:
+            p[self.arms.index(self.baseline)] = 1.0
+            return p
+        policy = self.policy.restricted(active)
+        stats = self.arm_stats(snap.totals, [self.arms[i] for i in active])
+        p[active] = policy.probabilities(stats, self.rng)[0]
+        return p
+
     async def refresh(self) -> None:
-        """Read the arm statistics from the store and freeze the policy's distribution."""
+        """Read the experiment from the store and freeze the routing distribution."""
         async with self._refresh_lock:
-            totals = await self.store.snapshot(self.settings.name)
-            self.frozen = self.policy.freeze(self.arm_stats(totals), self.rng)
-            self.expected = dict(zip(self.arms, self.frozen.probabilities.tolist(), strict=True))
+            snap = await self.store.read(self.settings.name)
+            p = self.routing(snap)
+            self.snap = snap
+            self.frozen = FrozenDistribution(p)
+            self.expected = {a: float(x) for a, x in zip(self.arms, p, strict=True) if x > 0}
             self.refreshed_at = time.monotonic()
+        if self.announced != self.digest:
+            await self._announce()
 
     async def ensure_fresh(self) -> None:
         if time.monotonic() - self.refreshed_at >= self.cfg.sync_interval_seconds:
             await self.refresh()
 
+    async def _announce(self) -> None:
+        arms = ", ".join(self.arms)
+        summary = f"arms {arms}; policy {self.cfg.policy.kind}; baseline {self.baseline}"
+        await self.act(lambda ctl: actions.config_changed(ctl, self.digest, summary=summary))
+        self.announced = self.digest
+
     # -- requests --------------------------------------------------------------------
 
-    async def predict(self, inputs: Any) -> Prediction:
-        """Choose an arm, log the decision and call its model (both at once).
+    async def check_inputs(self, inputs: Any) -> None:
+        """Refuse inputs that an arm which could be drawn cannot take (or that break the
+        experiment's input schema): the answer never depends on which arm is drawn."""
+        if self._schema is not None:
+            err = next(iter(self._schema.iter_errors(inputs)), None)
+            if err is not None:
+                where = err.json_path.replace("$", "inputs", 1)
+                raise InputRejected(
+                    f"{where} does not match the experiment's input_schema "
+                    f"({err.validator}: {str(err.validator_value)[:80]})"
+                )
+        if self.contracts is None:
+            self.contracts = await self.caller.contracts(self.settings.name, self.arms)
+        assert self.frozen is not None
+        for arm, p in zip(self.arms, self.frozen.probabilities, strict=True):
+            contract = self.contracts.get(arm)
+            if p > 0 and contract is not None:
+                problem = contract.problem(inputs)
+                if problem is not None:
+                    raise InputRejected(f"{problem} (the contract of arm {arm!r})")
 
-        Raises StoreError when the decision cannot be logged (nothing is returned, so no
-        reward can be posted for it) and ModelError when the model fails (the logged
-        decision is withdrawn: it counts as an error of the arm and waits for nothing).
+    async def predict(self, inputs: Any) -> Prediction:
+        """Check the inputs, choose an arm, call its model, log the decision, answer.
+
+        Raises InputRejected (nothing logged), StoreError when the decision cannot be
+        logged (the answer is withheld, so no reward can be posted for it) and ModelError
+        when the model failed (logged as the arm's error). If the client goes away, the
+        model call still finishes and is logged (outcome and latency count), with the
+        decision withdrawn from the reward statistics.
         """
         await self.ensure_fresh()  # a no-op unless the snapshot is older than sync_interval
+        await self.check_inputs(inputs)
         assert self.frozen is not None
         d = self.frozen.sample(self.rng, 1)
         arm, propensity = self.arms[int(d.arms[0])], float(d.propensities[0])
+        req = _Request()
+        task = asyncio.ensure_future(self._serve(req, arm, propensity, inputs, self.expected))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            req.gone = True
+            self._background.add(task)
+            task.add_done_callback(lambda t: self._after_gone(req, t))
+            raise
+
+    async def _serve(
+        self, req: _Request, arm: str, propensity: float, inputs: Any, expected: dict[str, float]
+    ) -> Prediction:
         started = time.perf_counter()
-        record: DecisionRecord | BaseException
-        output: Any
-        record, output = await asyncio.gather(
-            self.store.record_decision(self.settings, arm, propensity, self.expected),
-            asyncio.wait_for(self.caller(self.settings.name, arm, inputs), self.model_timeout),
-            return_exceptions=True,
+        failure: str | None = None
+        body = ""
+        try:
+            output = await asyncio.wait_for(
+                self.caller(self.settings.name, arm, inputs), self.model_timeout
+            )
+            body = encode_json(output)
+        except TimeoutError:
+            failure = "timed out"
+        except (ValueError, TypeError, RecursionError) as err:
+            failure = f"its answer cannot be sent as JSON ({type(err).__name__})"
+        except Exception as err:  # the model's own exception: the arm's error
+            failure = repr(err)[:500]
+        seconds = time.perf_counter() - started
+        req.logged_gone = req.gone
+        decision = LoggedDecision(
+            req.event_id,
+            arm,
+            propensity,
+            failed=failure is not None,
+            client_gone=req.gone,
+            latency_bin=histogram.bin_index(seconds),
         )
-        model_failed = isinstance(output, BaseException)
-        if self.observe is not None:
-            self.observe(self.settings.name, arm, time.perf_counter() - started, model_failed)
-        if isinstance(record, BaseException):
-            raise record
-        if isinstance(output, BaseException):
-            if isinstance(output, asyncio.CancelledError):
-                raise output
-            await self.store.cancel_decisions(self.settings, [record.event_id])
-            reason = "timed out" if isinstance(output, TimeoutError) else repr(output)
-            raise ModelError(self.settings.name, arm, reason) from output
-        return Prediction(record.event_id, arm, output, propensity)
+        try:
+            await self.store.log_decisions(self.settings, [decision], expected)
+        except StoreError:
+            # It may have been written all the same (a timeout after sending): no client
+            # will hold its id, so withdraw it once the store answers again.
+            self._spawn(self._withdraw_later(req.event_id))
+            raise
+        if failure is not None:
+            raise ModelError(self.settings.name, arm, failure)
+        return Prediction(req.event_id, arm, body, propensity)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _after_gone(self, req: _Request, task: asyncio.Task[Prediction]) -> None:
+        """The client left while its decision was being logged as pending: withdraw it."""
+        self._background.discard(task)
+        if task.cancelled() or task.exception() is not None or req.logged_gone:
+            return
+        self._spawn(self._withdraw_later(req.event_id, delays=(0.0, 1.0, 5.0, 30.0)))
+
+    async def _withdraw_later(
+        self, event_id: str, delays: Sequence[float] = (1.0, 5.0, 30.0, 120.0)
+    ) -> None:
+        """Withdraw a decision no client holds an id for, retrying while the store fails."""
+        for delay in delays:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.withdraw_decisions(self.settings, [event_id])
+                return
+            except StoreError:
+                continue
+        log.warning("could not withdraw decision %s of %s", event_id, self.settings.name)
 
     async def post_rewards(self, items: Sequence[tuple[str, float]]) -> list[RewardOutcome]:
         return await self.store.apply_rewards(self.settings, items)
@@ -145,6 +320,84 @@ class ExperimentRouter:
     async def settle(self) -> int:
         report = await self.store.settle_expired(self.settings)
         return report.defaulted + report.dropped
+
+    # -- the safety plane ------------------------------------------------------------
+
+    async def act(self, decide: Callable[[Control], actions.Transition]) -> bool:
+        """Apply an action exactly once: read the control state, decide, compare-and-set;
+        on a concurrent change, read and decide again. Returns whether it changed
+        anything (ActionRefused and UnknownArmError propagate)."""
+        for _ in range(ACT_ATTEMPTS):
+            snap = await self.store.read(self.settings.name)
+            t = decide(snap.control)
+            if not t.changed:
+                return False
+            stored = await self.store.transition(
+                self.settings,
+                snap.control.version,
+                t.control,
+                t.events,
+                mark_restore=t.mark_restore,
+                new_epoch=t.new_epoch,
+            )
+            if stored is not None:
+                self.refreshed_at = -math.inf  # obey at once in this replica
+                if stored and self.on_events is not None:
+                    self.on_events(self.cfg, stored)
+                return True
+        raise StoreError(f"the control state of {self.settings.name!r} kept changing; retry")
+
+    def _arm(self, arm: str) -> str:
+        if arm not in self.arms:
+            raise UnknownArmError(f"no arm named {arm!r}; arms: {', '.join(self.arms)}")
+        return arm
+
+    async def rollback(self, arm: str, actor: str, reason: str = "") -> bool:
+        return await self.act(
+            lambda c: actions.rollback(
+                c, arm, arms=self.arms, baseline=self.baseline, actor=actor, reason=reason
+            )
+        )
+
+    async def restore(self, arm: str, actor: str, reason: str = "") -> bool:
+        return await self.act(
+            lambda c: actions.restore(c, arm, arms=self.arms, actor=actor, reason=reason)
+        )
+
+    async def promote(self, arm: str, actor: str, reason: str = "") -> bool:
+        return await self.act(
+            lambda c: actions.promote(c, arm, arms=self.arms, actor=actor, reason=reason)
+        )
+
+    async def pause(self, actor: str, reason: str = "") -> bool:
+        return await self.act(lambda c: actions.pause(c, actor=actor, reason=reason))
+
+    async def resume(self, actor: str, reason: str = "") -> bool:
+        return await self.act(lambda c: actions.resume(c, actor=actor, reason=reason))
+
+    async def reset(self, actor: str, reason: str = "") -> bool:
+        return await self.act(lambda c: actions.reset(c, actor=actor, reason=reason))
+
+    async def check_guardrails(self) -> list[Finding]:
+        """Evaluate every rule; roll back (or alert about) each violating arm, once."""
+        g = self.cfg.guardrails
+        if g is None:
+            return []
+        snap = await self.store.read(self.settings.name)
+        ctl = snap.control
+        checked = [
+            a
+            for a in self.arms
+            if ctl.status(a) in (ArmStatus.ACTIVE, ArmStatus.PROMOTED) or a == self.baseline
+        ]
+        findings = evaluate(self.cfg, snap, checked)
+        self.findings = findings
+        self.checked_at = time.time()
+        for f in findings:
+            if f.violated:
+                rollback = g.on_violation == "rollback" and f.arm != self.baseline
+                await self.act(_on_violation(self, f, rollback))
+        return findings
 
     # -- reading ---------------------------------------------------------------------
 
@@ -164,35 +417,85 @@ class ExperimentRouter:
     ) -> AnalysisReport:
         """The statistical report (:func:`bandit_serve.stats.analyze`) on fresh totals."""
         totals = await self.store.snapshot(self.settings.name)
-        return analyze(self.cfg, totals, baseline=baseline, alpha=alpha, tau=tau)
+        return analyze(self.cfg, totals, baseline=baseline or self.baseline, alpha=alpha, tau=tau)
 
-    async def describe(self) -> dict[str, Any]:
-        """The experiment as ``GET /v1/experiments/{name}`` shows it, read from the store."""
-        totals = await self.store.snapshot(self.settings.name)
+    async def events(self, since: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        return await self.store.events(self.settings.name, since, limit)
+
+    async def describe(self, snap: Snapshot | None = None) -> dict[str, Any]:
+        """The experiment as ``GET /v1/experiments/{name}`` shows it, read from the store
+        (or from ``snap``, read just before)."""
+        if snap is None:
+            snap = await self.store.read(self.settings.name)
         share = await self.traffic_share()
+        ctl = snap.control
         low, high = self.settings.low, self.settings.high
         arms = []
         for name in self.arms:
-            t = totals.get(name, ArmTotals())
+            t = snap.totals.get(name, ArmTotals())
             arms.append(
                 {
                     "name": name,
+                    "status": ctl.status(name).value,
                     **t.public(),
+                    "latency": latency_summary(t),
                     "traffic_share": share[name],
                     "posterior": arm_posterior(self.cfg.reward.kind, low, high, t).summary(),
                 }
             )
         return {
             "name": self.settings.name,
+            "state": ctl.state.value,
+            "epoch": ctl.epoch,
+            "baseline": self.baseline,
             "policy": self.cfg.policy.model_dump(),
             "reward": self.cfg.reward.model_dump(),
             "traffic_window_seconds": TRAFFIC_WINDOW_SECONDS,
             "arms": arms,
+            "guardrails": None
+            if self.cfg.guardrails is None
+            else {
+                "on_violation": self.cfg.guardrails.on_violation,
+                "checked_at": self.checked_at if math.isfinite(self.checked_at) else None,
+                "results": [f.public() for f in self.findings],
+                "violations": [
+                    {"arm": arm, "rule": rule, "count": n}
+                    for (arm, rule), n in sorted(actions.violation_count(ctl).items())
+                ],
+            },
         }
 
 
+def _on_violation(
+    router: ExperimentRouter, f: Finding, rollback: bool
+) -> Callable[[Control], actions.Transition]:
+    """The action for a violated rule: roll the arm back (when it still gets traffic),
+    or alert once."""
+
+    def decide(ctl: Control) -> actions.Transition:
+        if not rollback:
+            return actions.alert(
+                ctl, f.arm, f.rule.id, actor="guardrail", reason=f.reason, details=f.public()
+            )
+        if ctl.status(f.arm) not in (ArmStatus.ACTIVE, ArmStatus.PROMOTED):
+            return actions.Transition(ctl, changed=False)
+        return actions.rollback(
+            ctl,
+            f.arm,
+            arms=router.arms,
+            baseline=router.baseline,
+            actor="guardrail",
+            reason=f.reason,
+            rule=f.rule.id,
+            details=f.public(),
+        )
+
+    return decide
+
+
 class BanditService:
-    """All experiments of a config, over one store; background refresh and settling."""
+    """All experiments of a config, over one store; background refresh, settling and
+    guardrail checks."""
 
     def __init__(
         self,
@@ -203,22 +506,23 @@ class BanditService:
         seed: int | None = None,
         model_timeout: float = 30.0,
         settle_every: float = 1.0,
-        observe: Observer | None = None,
     ) -> None:
         self.store = store
         self.caller = caller
         self.seed = seed
         self.model_timeout = model_timeout
         self.settle_every = settle_every
-        self.observe = observe
         self.routers: dict[str, ExperimentRouter] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        from bandit_serve.safety.notify import Notifier
+
+        self.notifier = Notifier()
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: AppConfig) -> None:
         """Apply a new config: new experiments start, removed ones stop, changed ones take
-        their new arms and policy. Statistics live in the store, so arms that stay keep
-        theirs and a new arm starts from the prior."""
+        their new arms and policy. Statistics and arm statuses live in the store, so a
+        reload never undoes an action; a new arm starts from the prior."""
         self.cfg = cfg
         routers = {}
         for i, exp in enumerate(cfg.experiments):
@@ -231,7 +535,7 @@ class BanditService:
                     self.caller,
                     seed=seed,
                     model_timeout=self.model_timeout,
-                    observe=self.observe,
+                    on_events=self.notifier.send,
                 )
             elif r.cfg != exp:
                 r.configure(exp)
@@ -247,12 +551,13 @@ class BanditService:
     # -- background work -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start refreshing snapshots and settling expired decisions (needs a running loop)."""
+        """Start refreshing, settling and guardrail checks (needs a running loop)."""
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self._refresh_loop()),
                 loop.create_task(self._settle_loop()),
+                loop.create_task(self._guardrail_loop()),
             ]
 
     async def stop(self) -> None:
@@ -260,6 +565,7 @@ class BanditService:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.notifier.close()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -281,3 +587,22 @@ class BanditService:
                 except StoreError as err:
                     log.warning("settling %s failed: %s", r.settings.name, err)
             await asyncio.sleep(self.settle_every)
+
+    async def _guardrail_loop(self) -> None:
+        while True:
+            now = time.time()
+            intervals = []
+            for r in list(self.routers.values()):
+                g = r.cfg.guardrails
+                if g is None:
+                    continue
+                intervals.append(g.check_interval_seconds)
+                if now - r.checked_at < g.check_interval_seconds:
+                    continue
+                try:
+                    await r.check_guardrails()
+                except StoreError as err:
+                    log.warning("guardrail check of %s failed: %s", r.settings.name, err)
+                except Exception:  # a bug must not stop the checks of other experiments
+                    log.exception("guardrail check of %s failed", r.settings.name)
+            await asyncio.sleep(max(0.05, min(intervals, default=1.0) / 4))

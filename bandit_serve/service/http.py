@@ -11,12 +11,21 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bandit_serve.errors import ModelError, StoreError, UnknownArmError, UnknownExperimentError
+from bandit_serve.errors import (
+    ActionRefused,
+    InputRejected,
+    ModelError,
+    StoreError,
+    UnknownArmError,
+    UnknownExperimentError,
+)
 from bandit_serve.service import metrics
-from bandit_serve.service.core import BanditService
+from bandit_serve.service.core import BanditService, ExperimentRouter
 from bandit_serve.store import RewardOutcome
 
 __all__ = ["MAX_REWARD_BATCH", "create_api"]
+
+OPERATOR = "operator"  # the actor of actions taken through the API (until keys name them)
 
 MAX_REWARD_BATCH = 1000
 STATUS_CODES = {
@@ -53,6 +62,26 @@ class PredictResponse(BaseModel):
     arm: str
     prediction: Any
     propensity: float
+
+
+class ActionBody(BaseModel):
+    """An optional reason, kept in the audit log."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=500)
+
+
+class PromoteBody(ActionBody):
+    arm: str | None = Field(None, max_length=64, description="The arm that gets all traffic.")
+
+
+class ActionResult(BaseModel):
+    changed: bool = Field(description="False when the experiment was already in that state.")
+    state: str
+    arms: dict[str, str] = Field(description="Each arm's status.")
+
+
+EVENT_ID = r"^\d{1,20}-\d{1,20}$"
 
 
 class RewardItem(BaseModel):
@@ -103,15 +132,33 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
     async def _model(_: Request, err: ModelError) -> JSONResponse:
         return JSONResponse({"detail": str(err), "arm": err.arm}, status_code=502)
 
-    @api.post("/v1/experiments/{name}/predict", response_model=PredictResponse)
-    async def predict(name: str, body: PredictRequest) -> PredictResponse:
+    @api.exception_handler(InputRejected)
+    async def _rejected(_: Request, err: InputRejected) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @api.exception_handler(UnknownArmError)
+    async def _unknown_arm(_: Request, err: UnknownArmError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=404)
+
+    @api.exception_handler(ActionRefused)
+    async def _refused(_: Request, err: ActionRefused) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=409)
+
+    @api.post(
+        "/v1/experiments/{name}/predict",
+        response_model=PredictResponse,
+        responses={404: {}, 422: {}, 502: {}, 503: {}},
+    )
+    async def predict(name: str, body: PredictRequest) -> Response:
         started = time.perf_counter()
         router = get_service().router(name)
         p = await router.predict(body.inputs)
         metrics.decision_latency.labels(name).observe(time.perf_counter() - started)
-        return PredictResponse(
-            event_id=p.event_id, arm=p.arm, prediction=p.prediction, propensity=p.propensity
+        content = (
+            f'{{"event_id":"{p.event_id}","arm":"{p.arm}","prediction":{p.prediction_json},'
+            f'"propensity":{p.propensity!r}}}'
         )
+        return Response(content, media_type="application/json")
 
     @api.post(
         "/v1/experiments/{name}/rewards",
@@ -153,7 +200,7 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
         described: dict[str, Any] = _finite(await get_service().router(name).describe())
         return described
 
-    @api.get("/v1/experiments/{name}/analysis")
+    @api.get("/v1/experiments/{name}/analysis", responses={404: {}})
     async def get_analysis(
         name: str,
         baseline: str | None = None,
@@ -161,17 +208,84 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
         tau: Annotated[float | None, Query(gt=0)] = None,
     ) -> JSONResponse:
         router = get_service().router(name)
-        try:
-            report = await router.analysis(baseline=baseline, alpha=alpha, tau=tau)
-        except UnknownArmError as err:
-            return JSONResponse({"detail": str(err)}, status_code=404)
+        report = await router.analysis(baseline=baseline, alpha=alpha, tau=tau)
         return JSONResponse(_finite(report.to_dict()))
+
+    @api.get("/v1/experiments/{name}/events", responses={404: {}})
+    async def get_events(
+        name: str,
+        since: Annotated[str | None, Query(pattern=EVENT_ID, description="An event id.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """The audit log, oldest first; ``since`` (exclusive) pages through it."""
+        events = await get_service().router(name).events(since, limit)
+        return {"events": [_finite(e.public()) for e in events]}
+
+    async def _acted(router: ExperimentRouter, changed: bool) -> ActionResult:
+        snap = await router.store.read(router.settings.name)
+        ctl = snap.control
+        return ActionResult(
+            changed=changed,
+            state=ctl.state.value,
+            arms={a: ctl.status(a).value for a in router.arms},
+        )
+
+    @api.post("/v1/experiments/{name}/arms/{arm}/rollback", responses={404: {}, 409: {}, 503: {}})
+    async def rollback(name: str, arm: str, body: ActionBody | None = None) -> ActionResult:
+        """Stop routing to ``arm`` (its pending rewards still count). Not the baseline."""
+        router = get_service().router(name)
+        reason = body.reason if body else ""
+        return await _acted(router, await router.rollback(arm, OPERATOR, reason))
+
+    @api.post("/v1/experiments/{name}/arms/{arm}/restore", responses={404: {}, 409: {}, 503: {}})
+    async def restore(name: str, arm: str, body: ActionBody | None = None) -> ActionResult:
+        """Route to a rolled-back arm again; its guardrail statistics start from now."""
+        router = get_service().router(name)
+        reason = body.reason if body else ""
+        return await _acted(router, await router.restore(arm, OPERATOR, reason))
+
+    @api.post("/v1/experiments/{name}/promote", responses={404: {}, 409: {}, 422: {}, 503: {}})
+    async def promote(name: str, body: PromoteBody) -> ActionResult:
+        """All traffic to one arm; the others retire. Rewards are still accepted."""
+        router = get_service().router(name)
+        if body.arm is None:
+            raise InputRejected('name the arm to promote: {"arm": "..."}')
+        return await _acted(router, await router.promote(body.arm, OPERATOR, body.reason))
+
+    @api.post("/v1/experiments/{name}/pause", responses={404: {}, 409: {}, 503: {}})
+    async def pause(name: str, body: ActionBody | None = None) -> ActionResult:
+        """All traffic to the baseline; every decision is still logged and rewardable."""
+        router = get_service().router(name)
+        reason = body.reason if body else ""
+        return await _acted(router, await router.pause(OPERATOR, reason))
+
+    @api.post("/v1/experiments/{name}/resume", responses={404: {}, 409: {}, 503: {}})
+    async def resume(name: str, body: ActionBody | None = None) -> ActionResult:
+        router = get_service().router(name)
+        reason = body.reason if body else ""
+        return await _acted(router, await router.resume(OPERATOR, reason))
+
+    @api.post("/v1/experiments/{name}/reset", responses={404: {}, 422: {}, 503: {}})
+    async def reset(
+        name: str,
+        confirm: Annotated[str | None, Query(max_length=64)] = None,
+        body: ActionBody | None = None,
+    ) -> ActionResult:
+        """A fresh start: a new epoch (statistics from zero; old event ids answer
+        unknown). Arm statuses and the audit log survive. Needs ``?confirm={name}``."""
+        router = get_service().router(name)
+        if confirm != name:
+            raise InputRejected(f"reset needs ?confirm={name} (the experiment's name)")
+        reason = body.reason if body else ""
+        return await _acted(router, await router.reset(OPERATOR, reason))
 
     @api.get("/metrics")
     async def get_metrics() -> Response:
-        service = get_service()
-        described = [await r.describe() for r in service.routers.values()]
-        return Response(metrics.render(described), media_type="text/plain; version=0.0.4")
+        views = []
+        for r in get_service().routers.values():
+            snap = await r.store.read(r.settings.name)
+            views.append(metrics.ExperimentMetrics(await r.describe(snap), snap))
+        return Response(metrics.render(views), media_type="text/plain; version=0.0.4")
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:

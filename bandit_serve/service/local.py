@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from bandit_serve.config import AppConfig
-from bandit_serve.service.models import LoadedModel
+from bandit_serve.service.models import InputContract, LoadedModel
 
 __all__ = ["LocalModels"]
 
@@ -30,3 +31,8 @@ class LocalModels:
 
     async def __call__(self, experiment: str, arm: str, inputs: Any) -> Any:
         return await self.models[(experiment, arm)].apredict(inputs)
+
+    async def contracts(
+        self, experiment: str, arms: Sequence[str]
+    ) -> dict[str, InputContract | None]:
+        return {a: self.models[(experiment, a)].contract() for a in arms}

@@ -1,20 +1,35 @@
 """Prometheus metrics.
 
-Experiment-level values (decisions, rewards, reward sums, errors, traffic share,
-posterior means) are read from the store on every scrape, so every router replica
-answers the same. Latency histograms are per process (each replica its own).
+Everything about experiments and arms is read from the store on every scrape: decisions,
+rewards, model calls, errors, the model-call latency histogram (the router's view,
+recorded per decision in Redis), arm status, guardrail violations. Any router replica
+answers a scrape with the whole truth, the same as every other replica, so Prometheus
+needs one target (through the Serve proxy) and no sum over replicas. Only
+``bandit_decision_latency_seconds`` (request time inside this router process) is per
+process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-__all__ = ["PROCESS_REGISTRY", "decision_latency", "model_latency", "render"]
+from bandit_serve.safety.actions import violation_count
+from bandit_serve.stats import histogram
+from bandit_serve.store import ArmStatus, ArmTotals, ExperimentState, Snapshot
+
+__all__ = ["PROCESS_REGISTRY", "ExperimentMetrics", "decision_latency", "render"]
 
 PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -25,19 +40,33 @@ decision_latency = Histogram(
     buckets=_BUCKETS,
     registry=PROCESS_REGISTRY,
 )
-model_latency = Histogram(
-    "bandit_model_latency_seconds",
-    "Time of the model call of an arm, as the router sees it (this process).",
-    ["experiment", "arm"],
-    buckets=_BUCKETS,
-    registry=PROCESS_REGISTRY,
-)
+_EDGES = histogram.prometheus_edges()
+
+
+@dataclass(frozen=True)
+class ExperimentMetrics:
+    """What a scrape shows of one experiment: its view (``describe()``) and the snapshot
+    it was read from."""
+
+    view: dict[str, Any]
+    snapshot: Snapshot
+
+
+def _latency_buckets(t: ArmTotals) -> list[tuple[str, float]]:
+    counts = np.zeros(histogram.NBINS)
+    for b, n in t.latency.items():
+        if 0 <= b < histogram.NBINS:
+            counts[b] = n
+    cum = histogram.cumulative_at(counts, _EDGES)
+    out = [(f"{e:.6g}", float(c)) for e, c in zip(_EDGES, cum, strict=True)]
+    out.append(("+Inf", float(counts.sum())))
+    return out
 
 
 class _StoreView(Collector):
-    """Metric families built from ``describe()`` dicts read from the store."""
+    """Metric families built from what the store holds."""
 
-    def __init__(self, experiments: list[dict[str, Any]]) -> None:
+    def __init__(self, experiments: Sequence[ExperimentMetrics]) -> None:
         self.experiments = experiments
 
     def collect(self) -> Iterator[Metric]:
@@ -51,11 +80,25 @@ class _StoreView(Collector):
             "duplicate and expired (refused).",
             labels=[*labels, "outcome"],
         )
+        withdrawn = CounterMetricFamily(
+            "bandit_decisions_withdrawn",
+            "Decisions taken out of the reward statistics (failed calls under "
+            "on_model_error: withdraw; clients that went away).",
+            labels=labels,
+        )
         reward_sum = GaugeMetricFamily(
             "bandit_reward_sum", "Sum of applied rewards per arm.", labels=labels
         )
+        calls = CounterMetricFamily(
+            "bandit_model_calls", "Model calls per arm (all replicas).", labels=labels
+        )
         errors = CounterMetricFamily(
-            "bandit_model_errors", "Model calls that failed, per arm.", labels=labels
+            "bandit_model_errors", "Model calls that raised or timed out, per arm.", labels=labels
+        )
+        latency = HistogramMetricFamily(
+            "bandit_model_latency_seconds",
+            "Model call latency as the routers see it (all replicas; queueing included).",
+            labels=labels,
         )
         share = GaugeMetricFamily(
             "bandit_traffic_share", "Share of decisions in the recent window.", labels=labels
@@ -63,23 +106,61 @@ class _StoreView(Collector):
         posterior = GaugeMetricFamily(
             "bandit_posterior_mean", "Posterior mean reward per arm.", labels=labels
         )
-        for e in self.experiments:
+        status = GaugeMetricFamily(
+            "bandit_arm_status", "1 for the arm's current status.", labels=[*labels, "status"]
+        )
+        state = GaugeMetricFamily(
+            "bandit_experiment_state",
+            "1 for the experiment's current state.",
+            labels=["experiment", "state"],
+        )
+        violations = CounterMetricFamily(
+            "bandit_guardrail_violations",
+            "Guardrail violations acted upon (a rollback or an alert), per arm and rule.",
+            labels=[*labels, "rule"],
+        )
+        for m in self.experiments:
+            e, snap = m.view, m.snapshot
+            name = e["name"]
+            for st in ExperimentState:
+                state.add_metric([name, st.value], float(e["state"] == st.value))
             for a in e["arms"]:
-                lv = [e["name"], a["name"]]
+                lv = [name, a["name"]]
+                t = snap.totals.get(a["name"], ArmTotals())
                 decisions.add_metric(lv, a["pulls"])
                 rewards.add_metric([*lv, "applied"], a["rewards"] - a["defaulted"])
                 rewards.add_metric([*lv, "default"], a["defaulted"])
                 rewards.add_metric([*lv, "dropped"], a["dropped"])
                 rewards.add_metric([*lv, "duplicate"], a["duplicates"])
                 rewards.add_metric([*lv, "expired"], a["late"])
+                withdrawn.add_metric(lv, a["withdrawn"])
                 reward_sum.add_metric(lv, a["reward_sum"])
+                calls.add_metric(lv, a["calls"])
                 errors.add_metric(lv, a["errors"])
+                latency.add_metric(lv, _latency_buckets(t), None)
                 share.add_metric(lv, a["traffic_share"])
                 posterior.add_metric(lv, a["posterior"]["mean"])
-        yield from (decisions, rewards, reward_sum, errors, share, posterior)
+                for st_ in ArmStatus:
+                    status.add_metric([*lv, st_.value], float(a["status"] == st_.value))
+            for (arm, rule), n in sorted(violation_count(snap.control).items()):
+                violations.add_metric([name, arm, rule], n)
+        yield from (
+            decisions,
+            rewards,
+            withdrawn,
+            reward_sum,
+            calls,
+            errors,
+            latency,
+            share,
+            posterior,
+            status,
+            state,
+            violations,
+        )
 
 
-def render(experiments: list[dict[str, Any]]) -> bytes:
+def render(experiments: Sequence[ExperimentMetrics]) -> bytes:
     """The Prometheus text exposition: store-backed families, then this process's."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StoreView(experiments))

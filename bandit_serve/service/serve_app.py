@@ -12,7 +12,9 @@ router replicas (gracefully); every statistic lives in Redis, so nothing is lost
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,10 +25,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_serve.config import MODEL_REF, AppConfig, load_config
-from bandit_serve.service import metrics
 from bandit_serve.service.core import BanditService
 from bandit_serve.service.http import create_api
-from bandit_serve.service.models import LoadedModel
+from bandit_serve.service.models import InputContract, LoadedModel
 from bandit_serve.service.options import AppArgs, resolve_redis_url
 from bandit_serve.store import RedisStore
 
@@ -71,6 +72,11 @@ class ModelVersion:
             batched.set_max_batch_size(max_batch_size)
             batched.set_batch_wait_timeout_s(batch_wait_s)
 
+    def contract(self) -> dict[str, Any] | None:
+        """The model's input contract (checked by the router before the draw)."""
+        c = self.model.contract()
+        return None if c is None else dataclasses.asdict(c)
+
     async def __call__(self, inputs: Any) -> Any:
         if self.batching:
             return await self._batched(inputs)
@@ -90,9 +96,14 @@ class _HandleCaller:
     async def __call__(self, experiment: str, arm: str, inputs: Any) -> Any:
         return await self.handles[f"{experiment}/{arm}"].remote(inputs)
 
-
-def _observe(experiment: str, arm: str, seconds: float, failed: bool) -> None:
-    metrics.model_latency.labels(experiment, arm).observe(seconds)
+    async def contracts(
+        self, experiment: str, arms: Sequence[str]
+    ) -> dict[str, InputContract | None]:
+        out: dict[str, InputContract | None] = {}
+        for arm in arms:
+            raw = await self.handles[f"{experiment}/{arm}"].contract.remote()
+            out[arm] = None if raw is None else InputContract(**raw)
+        return out
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
@@ -128,7 +139,7 @@ class BanditRouter:
         cfg = AppConfig.model_validate(user_config)
         if self.service is None:
             self.service = BanditService(
-                cfg, self.store, self.caller, model_timeout=self.model_timeout, observe=_observe
+                cfg, self.store, self.caller, model_timeout=self.model_timeout
             )
             self.service.start()
         else:
