@@ -286,3 +286,35 @@ async def test_every_event_is_posted_to_the_notify_url(
         (exp_name, "pause", None),
     ]
     assert received[0]["reason"] == "r1" and received[0]["id"]
+
+
+async def test_timeseries_per_bucket_with_cumulative_posterior(
+    h: Harness, exp_name: str, clock: ManualClock
+) -> None:
+    base = f"/v1/experiments/{exp_name}"
+    for _minute in range(3):
+        for _ in range(20):
+            p = (await h.predict(exp_name)).json()
+            reward = 1 if p["arm"] == "c" else 0
+            await h.client.post(
+                f"{base}/rewards", json={"event_id": p["event_id"], "reward": reward}
+            )
+        clock.advance(60)
+    data = (await h.client.get(f"{base}/timeseries", params={"window_seconds": 600})).json()
+    assert data["bucket_seconds"] == 60 and data["arms"] == ["a", "b", "c"]
+    rows = data["buckets"]
+    assert len(rows) == 3
+    assert sum(r["arms"][a]["pulls"] for r in rows for a in "abc") == 60
+    for r in rows:
+        shares = [r["arms"][a]["share"] for a in "abc"]
+        assert sum(shares) == pytest.approx(1.0)
+    view = await h.state(exp_name)
+    for a in "abc":
+        last = rows[-1]["arms"][a]["posterior"]
+        assert last["mean"] == pytest.approx(view[a]["posterior"]["mean"])  # ends at now
+        assert sum(r["arms"][a]["rewards"] for r in rows) == view[a]["rewards"]
+    c_means = [r["arms"]["c"]["posterior"]["mean"] for r in rows]
+    assert c_means[0] < c_means[-1]  # c's evidence accumulates over the buckets
+    assert (
+        await h.client.get(f"{base}/timeseries", params={"window_seconds": 0})
+    ).status_code == 422

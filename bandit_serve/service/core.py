@@ -412,6 +412,45 @@ class ExperimentRouter:
         total = sum(pulls.values())
         return {a: (p / total if total else 0.0) for a, p in pulls.items()}
 
+    async def timeseries(self, window: float = 3600.0) -> dict[str, Any]:
+        """Per time bucket of the last ``window`` seconds and per arm: what happened in the
+        bucket (pulls, traffic share, calls, errors, latency quantiles, rewards) and the
+        posterior of the mean as it stood at the bucket's end (cumulative)."""
+        snap = await self.store.read(self.settings.name)
+        now = self.store.clock()
+        buckets = await self.store.buckets(self.settings, now - window, now)
+        low, high = self.settings.low, self.settings.high
+        running = {a: snap.totals.get(a, ArmTotals()) for a in self.arms}
+        rows: list[dict[str, Any]] = []
+        for b in reversed(buckets):  # newest first: totals at a bucket's end, by subtraction
+            pulls = sum(b.arms.get(a, ArmTotals()).pulls for a in self.arms)
+            arms = {}
+            for a in self.arms:
+                t = b.arms.get(a, ArmTotals())
+                arms[a] = {
+                    "pulls": t.pulls,
+                    "share": t.pulls / pulls if pulls else None,
+                    "calls": t.calls,
+                    "errors": t.errors,
+                    "error_rate": t.error_rate,
+                    "latency": latency_summary(t),
+                    "rewards": t.rewards,
+                    "reward_sum": t.reward_sum,
+                    "posterior": arm_posterior(
+                        self.cfg.reward.kind, low, high, running[a]
+                    ).summary(),
+                }
+                running[a] = running[a].minus(t)
+            rows.append({"start": b.start, "arms": arms})
+        rows.reverse()
+        return {
+            "name": self.settings.name,
+            "bucket_seconds": self.settings.bucket_seconds,
+            "window_seconds": window,
+            "arms": self.arms,
+            "buckets": rows,
+        }
+
     async def analysis(
         self, baseline: str | None = None, alpha: float = 0.05, tau: float | None = None
     ) -> AnalysisReport:

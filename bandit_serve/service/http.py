@@ -211,6 +211,15 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
         report = await router.analysis(baseline=baseline, alpha=alpha, tau=tau)
         return JSONResponse(_finite(report.to_dict()))
 
+    @api.get("/v1/experiments/{name}/timeseries", responses={404: {}})
+    async def get_timeseries(
+        name: str,
+        window_seconds: Annotated[float, Query(gt=0, le=7 * 86400)] = 3600.0,
+    ) -> JSONResponse:
+        """Traffic, errors, latency, rewards and the posterior per arm and time bucket."""
+        data = await get_service().router(name).timeseries(window_seconds)
+        return JSONResponse(_finite(data))
+
     @api.get("/v1/experiments/{name}/events", responses={404: {}})
     async def get_events(
         name: str,
