@@ -305,6 +305,9 @@ def create_api(get_service: Callable[[], BanditService]) -> FastAPI:
             return JSONResponse({"status": "unavailable", "detail": str(err)}, status_code=503)
         return JSONResponse({"status": "ok", "experiments": sorted(service.routers)})
 
+    from bandit_serve.dashboard import mount
+
+    mount(api)
     return api
 
 
