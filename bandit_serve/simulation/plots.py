@@ -1,4 +1,8 @@
-"""Plots of simulation results. Imports matplotlib, so only the CLI imports this module."""
+"""Plots of simulation results. Imports matplotlib, so only the CLI imports this module.
+
+Every arm keeps one colour in every panel (its index in the scenario picks it), and the
+arms are stacked in the scenario's order in every panel, so one legend is true for all.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
 from bandit_serve.simulation.engine import PolicyResult
 
-__all__ = ["plot_regret", "plot_share"]
+__all__ = ["MAX_NAMED_ARMS", "arm_colours", "plot_regret", "plot_share", "share_figure"]
+
+MAX_NAMED_ARMS = 10  # more arms: the 9 with the most traffic over all policies, + "others"
+OTHERS_COLOUR = "#b0b0b0"
 
 
 def plot_regret(path: Path, title: str, results: Sequence[PolicyResult]) -> None:
@@ -38,33 +48,58 @@ def plot_regret(path: Path, title: str, results: Sequence[PolicyResult]) -> None
     plt.close(fig)
 
 
-def plot_share(
-    path: Path, title: str, arm_names: Sequence[str], results: Sequence[PolicyResult]
-) -> None:
-    """Traffic share of each arm over time, one panel per policy (many arms: top 8 + rest)."""
+def named_arms(arms: int, results: Sequence[PolicyResult]) -> list[int]:
+    """The arms drawn on their own (scenario order): all of them up to
+    :data:`MAX_NAMED_ARMS`, else the ones with the most traffic over every policy."""
+    if arms <= MAX_NAMED_ARMS:
+        return list(range(arms))
+    total = np.sum([r.share.sum(axis=0) for r in results], axis=0)
+    top = np.argsort(-total, kind="stable")[: MAX_NAMED_ARMS - 1]
+    return sorted(int(a) for a in top)
+
+
+def arm_colours(arms: Sequence[int]) -> dict[int, str]:
+    """One colour per arm index (tab10), the same wherever the arm is drawn."""
+    cmap = plt.get_cmap("tab10")
+    return {a: to_hex(cmap(i % 10)) for i, a in enumerate(arms)}
+
+
+def share_figure(title: str, arm_names: Sequence[str], results: Sequence[PolicyResult]) -> Figure:
+    """Traffic share of each arm over time, one panel per policy, one legend for all."""
     n = len(results)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=110, squeeze=False)
+    named = named_arms(len(arm_names), results)
+    colours = arm_colours(named)
+    others = [a for a in range(len(arm_names)) if a not in colours]
+    labels = [arm_names[a] for a in named]
+    fill = [colours[a] for a in named]
+    if others:
+        labels.append(f"{len(others)} others")
+        fill.append(OTHERS_COLOUR)
     for ax, r in zip(axes.ravel(), results, strict=False):
-        share = r.share
-        order = share.sum(axis=0).argsort()[::-1]
-        top = order[:8]
-        stacks = [share[:, a] for a in top]
-        labels = [arm_names[a] for a in top]
-        if len(order) > 8:
-            stacks.append(share[:, order[8:]].sum(axis=1))
-            labels.append(f"{len(order) - 8} others")
-        ax.stackplot(r.grid, *stacks, labels=labels)
+        stacks = [r.share[:, a] for a in named]
+        if others:
+            stacks.append(r.share[:, others].sum(axis=1))
+        ax.stackplot(r.grid, *stacks, labels=labels, colors=fill)
         ax.set_title(r.label, fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_xlabel("decisions", fontsize=8)
         ax.set_ylabel("traffic share", fontsize=8)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 9), fontsize=8)
+    handles, legend_labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, loc="lower center", ncol=min(len(labels), 10), fontsize=8)
     fig.suptitle(f"{title}: traffic share per arm")
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return fig
+
+
+def plot_share(
+    path: Path, title: str, arm_names: Sequence[str], results: Sequence[PolicyResult]
+) -> None:
+    """:func:`share_figure`, written to ``path``."""
+    fig = share_figure(title, arm_names, results)
     fig.savefig(path)
     plt.close(fig)
