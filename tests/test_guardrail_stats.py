@@ -26,6 +26,7 @@ from bandit_serve.stats.guardrails import (
     reward_decrease,
     split_alpha,
     tail_prior,
+    two_scale_log_lr,
 )
 from bandit_serve.stats.histogram import (
     BINS_PER_DOUBLING,
@@ -532,3 +533,20 @@ def test_detection_figures_for_the_readme() -> None:
     for name, first in figures.items():
         print(f"  {name:<48} {calls_summary(first, LOOK)}")
         assert rate(first) > 0.5  # a sanity check, not a claim
+
+
+def test_a_gross_violation_is_caught_within_a_few_hundred_calls() -> None:
+    """The wide mixing scale: a version failing one call in five (baseline: none) is
+    rolled back after about a hundred calls, a latency ten times the ceiling at once."""
+    calls = np.arange(50, 401, 10)
+    t = error_rate_excess(calls, np.round(0.2 * calls), calls, 0, 0.02, 0.0025, 50)
+    first = int(calls[np.argmax(t.violated)])
+    assert t.violated.any() and first <= 150, first
+    lr_narrow = normal_mixture_log_lr(0.18, 0.0016, 0.02)
+    lr_both = two_scale_log_lr(0.18, 0.0016, 0.02)
+    assert float(lr_both) > float(lr_narrow) + 4  # the wide scale carries the evidence
+    # near the margin the mixture costs at most log(4/3)
+    assert (
+        float(two_scale_log_lr(0.03, 1e-4, 0.02))
+        >= float(normal_mixture_log_lr(0.03, 1e-4, 0.02)) + math.log(0.75) - 1e-12
+    )
