@@ -276,3 +276,86 @@ def test_overload_answers_503_with_retry_after_and_records_nothing(
     finally:
         serve.delete("overload")
         delete_experiment_keys(deployed.redis_url, exp)
+
+
+def test_guardrails_roll_back_a_failing_and_a_slow_arm_exactly_once(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    """Two router replicas check the same rules at the same time; each bad arm is rolled
+    back once (one event each), and afterwards no request reaches it."""
+    exp = f"{deployed.prefix}-guard"
+    arms = {"base": "echo_a", "failing": "broken", "slow": "sluggish"}
+    config = tmp_path / "guard.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "experiments": [
+                    {
+                        "name": exp,
+                        "arms": [
+                            {"name": a, "model": f"tests.fixtures.models:{fn}"}
+                            for a, fn in arms.items()
+                        ],
+                        "policy": {"kind": "fixed"},
+                        "reward": {"kind": "bernoulli"},
+                        "sync_interval_seconds": 0.1,
+                        "guardrails": {
+                            "rules": [
+                                {"metric": "error_rate", "max_increase": 0.02},
+                                {"metric": "latency_p95", "max_ratio": 1.5},
+                            ],
+                            "min_calls": 30,
+                            "check_interval_seconds": 0.5,
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    deploy(config, deployed.redis_url, "guard", "/guard", router_replicas=2)
+    base = f"{deployed.base}/guard/v1/experiments/{exp}"
+
+    async def burst(n: int, concurrency: int = 4) -> Counter[str]:
+        """``n`` predictions, a few at a time (light load: latency is the models')."""
+        served = Counter[str]()
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(n // concurrency):
+                answers = await asyncio.gather(
+                    *(
+                        client.post(f"{base}/predict", json={"inputs": 0})
+                        for _ in range(concurrency)
+                    )
+                )
+                for r in answers:
+                    assert r.status_code in (200, 502), r.text
+                    served[r.json()["arm"]] += 1
+                    if r.status_code == 502:  # the model's own exception, through Ray
+                        assert "RuntimeError: model exploded" in r.json()["detail"], r.text
+        return served
+
+    try:
+        deadline = time.monotonic() + 120
+        statuses: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            asyncio.run(burst(60))
+            statuses = {a["name"]: a["status"] for a in httpx.get(base, timeout=30).json()["arms"]}
+            if statuses["failing"] == statuses["slow"] == "rolled_back":
+                break
+            time.sleep(0.5)
+        view = httpx.get(base, timeout=30).json()
+        assert statuses == {"base": "active", "failing": "rolled_back", "slow": "rolled_back"}, (
+            [a["latency"] for a in view["arms"]],
+            view["guardrails"],
+        )
+        time.sleep(1.0)  # both replicas have checked again since
+        events = httpx.get(f"{base}/events", timeout=30).json()["events"]
+        rollbacks = [(e["arm"], e["actor"]) for e in events if e["kind"] == "rollback"]
+        assert sorted(rollbacks) == [("failing", "guardrail"), ("slow", "guardrail")]
+        reasons = {e["arm"]: e["reason"] for e in events if e["kind"] == "rollback"}
+        assert reasons["failing"].startswith("error_rate max_increase=0.02")
+        assert reasons["slow"].startswith("latency_p95 max_ratio=1.5")
+        time.sleep(0.3)  # every replica's snapshot is younger than this
+        assert set(asyncio.run(burst(60))) == {"base"}
+    finally:
+        serve.delete("guard")
+        delete_experiment_keys(deployed.redis_url, exp)

@@ -100,6 +100,13 @@ class _Request:
     event_id: str = field(default_factory=new_event_id)
 
 
+def _describe_failure(err: BaseException) -> str:
+    """The model's exception in a few words (for the log and the 502's detail)."""
+    cause = getattr(err, "cause", None)  # Ray wraps the model's exception in RayTaskError
+    shown = cause if isinstance(cause, BaseException) else err
+    return f"{type(shown).__name__}: {str(shown)[:300]}"
+
+
 def encode_json(value: Any) -> str:
     """Strict JSON (no NaN; non-ASCII escaped, so lone surrogates still encode)."""
     return json.dumps(value, allow_nan=False, ensure_ascii=True, separators=(",", ":"))
@@ -261,13 +268,15 @@ class ExperimentRouter:
             output = await asyncio.wait_for(
                 self.caller(self.settings.name, arm, inputs), self.model_timeout
             )
-            body = encode_json(output)
         except TimeoutError:
             failure = "timed out"
-        except (ValueError, TypeError, RecursionError) as err:
-            failure = f"its answer cannot be sent as JSON ({type(err).__name__})"
         except Exception as err:  # the model's own exception: the arm's error
-            failure = repr(err)[:500]
+            failure = _describe_failure(err)
+        else:
+            try:
+                body = encode_json(output)
+            except (ValueError, TypeError, RecursionError) as err:
+                failure = f"its answer cannot be sent as JSON ({type(err).__name__})"
         seconds = time.perf_counter() - started
         req.logged_gone = req.gone
         decision = LoggedDecision(
