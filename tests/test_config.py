@@ -263,7 +263,8 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_demo_config_loads_and_builds() -> None:
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     exp = cfg.experiments[0]
-    assert exp.arm_names == ["v1", "v2"]
+    assert exp.arm_names == ["v1", "v2", "v3"]
+    assert exp.baseline_arm == "v1" and exp.guardrails is not None
     assert exp.build_policy().kind == "thompson"
     settings = exp.store_settings()
     assert (settings.low, settings.high, settings.default_reward) == (0.0, 1.0, 0.0)
