@@ -186,41 +186,116 @@ def run(
         raise fail(str(err)) from None
 
 
+API_KEY_HELP = "API key, sent as a Bearer header (when the service has auth on)."
+ApiKey = Annotated[str | None, typer.Option(help=API_KEY_HELP, envvar="BANDIT_SERVE_API_KEY")]
+
+
 @app.command()
 def loadgen(
-    url: Annotated[str, typer.Option(help="Service URL.")] = "http://127.0.0.1:8000",
+    url: Annotated[str, URL_OPTION] = "http://127.0.0.1:8000",
     experiment: Annotated[str, typer.Option(help="Experiment name.")] = "digits",
-    requests: Annotated[int, typer.Option(min=1, help="Predictions to send.")] = 3000,
-    rate: Annotated[float, typer.Option(min=0.1, help="Requests per second.")] = 100.0,
-    concurrency: Annotated[int, typer.Option(min=1)] = 16,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(
+            "--inputs",
+            "-i",
+            help="JSON-lines file: each line a JSON value sent as the inputs, or "
+            '{"inputs": ..., "reward"?: number, "expected"?: value, "unit_id"?, "context"?}. '
+            "Without it, the built-in generator sends digit images (experiment digits only).",
+        ),
+    ] = None,
+    requests: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Predictions to send (default: 3000 for digits, each line of --inputs once; "
+            "more than the file's lines starts the file again).",
+        ),
+    ] = None,
+    reward: Annotated[
+        float | None,
+        typer.Option(
+            help="Reward posted for lines with neither reward nor expected (default: none is "
+            "posted, and the experiment's default applies when the wait window ends). A "
+            'line\'s "reward" is posted as is; "expected" gives 1 when the prediction equals '
+            "it, else 0 (what the digits generator does).",
+        ),
+    ] = None,
+    rate: Annotated[float, typer.Option(min=0.1, help="Predictions per second.")] = 100.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Predictions in flight, at most.")] = 16,
     max_delay: Annotated[float, typer.Option(help="Rewards arrive after 0..this seconds.")] = 2.0,
     miss_rate: Annotated[float, typer.Option(min=0, max=1, help="Share never rewarded.")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
+    api_key: ApiKey = None,
+    timeout: Annotated[float, typer.Option(min=0.01, help="Seconds per attempt.")] = 10.0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retries where safe (see bandit_serve.client).")
+    ] = 3,
+    progress_every: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between progress lines when not a terminal.")
+    ] = 5.0,
 ) -> None:
-    """Act as the demo's application: send digits, post rewards later, show traffic."""
+    """Act as an application and its downstream app: send predictions, post rewards later,
+    show the traffic. Exits 1 when requests failed (the reasons counted in one line)."""
     import asyncio
+    from collections.abc import Iterator
 
-    from bandit_serve.loadgen import run_loadgen
+    from bandit_serve.client import AsyncClient
+    from bandit_serve.loadgen import (
+        InputsFileError,
+        LoadItem,
+        count_inputs,
+        cycle_inputs,
+        digits_items,
+        make_progress,
+        run_loadgen,
+    )
 
-    res = asyncio.run(
-        run_loadgen(
+    items: Iterator[LoadItem]
+    if inputs is None:
+        if experiment != "digits":
+            raise fail(
+                f"--inputs FILE is needed to drive experiment {experiment!r}: the built-in "
+                "generator sends digit images, for the demo's experiment 'digits'"
+            )
+        items, total = digits_items(seed), requests or 3000
+    else:
+        try:
+            lines = count_inputs(inputs)
+        except InputsFileError as err:
+            raise fail(str(err)) from None
+        items, total = cycle_inputs(inputs), requests or lines
+
+    async def main() -> Any:
+        async with AsyncClient(
             url,
-            experiment,
-            requests=requests,
-            rate=rate,
-            concurrency=concurrency,
-            max_delay=max_delay,
-            miss_rate=miss_rate,
+            api_key,
+            timeout=timeout,
+            retries=retries,
             seed=seed,
-            live=sys.stdout.isatty(),
-        )
-    )
-    recent = {a: res.recent.count(a) / max(1, len(res.recent)) for a in sorted(res.arms)}
-    typer.echo(
-        "traffic share over the last 500 requests: "
-        + ", ".join(f"{a} {s:.1%}" for a, s in recent.items())
-        + f"; failed requests: {res.failed}"
-    )
+            max_connections=2 * concurrency + 16,
+        ) as client:
+            return await run_loadgen(
+                client,
+                experiment,
+                items,
+                requests=total,
+                rate=rate,
+                concurrency=concurrency,
+                max_delay=max_delay,
+                miss_rate=miss_rate,
+                default_reward=reward,
+                seed=seed,
+                progress=make_progress(experiment, sys.stdout.isatty(), progress_every),
+            )
+
+    try:
+        res = asyncio.run(main())
+    except InputsFileError as err:
+        raise fail(str(err)) from None
+    typer.echo(res.summary())
+    if res.failures:
+        raise fail(res.failure_line(), code=1)
 
 
 @app.command()

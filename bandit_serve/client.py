@@ -125,16 +125,24 @@ class ServiceUnavailable(ClientError, ConnectionError):
 
     ``may_have_been_recorded`` is False only when the request certainly changed nothing
     (for a prediction: no decision was logged); ``status`` is the last HTTP status (None
-    when there was no answer); ``attempts`` how many times the request was sent or tried.
+    when there was no answer); ``attempts`` how many times the request was sent or tried;
+    ``reason`` the last failure in a word or two (``"ConnectError"``, ``"503"``).
     """
 
     def __init__(
-        self, message: str, *, may_have_been_recorded: bool, status: int | None, attempts: int
+        self,
+        message: str,
+        *,
+        may_have_been_recorded: bool,
+        status: int | None,
+        attempts: int,
+        reason: str = "",
     ) -> None:
         super().__init__(message)
         self.may_have_been_recorded = may_have_been_recorded
         self.status = status
         self.attempts = attempts
+        self.reason = reason
 
 
 class UnexpectedAnswer(ClientError):
@@ -672,6 +680,7 @@ class _Attempts:
             may_have_been_recorded=recorded,
             status=status,
             attempts=self.attempts,
+            reason=str(status) if status is not None else reason.partition(" ")[0],
         )
 
     def _next(self, reason: str, status: int | None, retryable: bool, after: float | None) -> float:
