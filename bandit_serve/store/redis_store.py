@@ -12,6 +12,22 @@ Keys of experiment ``E`` (the ``{E}`` hash tag keeps them on one Redis Cluster s
 
 Every data script names the epoch it means and refuses another (``STALE_EPOCH``): the
 store then learns the current epoch and sends the call again.
+
+Clients, URLs, retries and durability: :mod:`bandit_serve.store.connection`. A retry
+(after a connection error or a timeout) may send a script again whose first attempt ran
+and whose answer was lost; each script is safe to run twice:
+
+- ``log``: a decision whose event key exists is skipped, so the second run writes nothing
+  (the ``expected`` sums ride with the decisions and are skipped with them);
+- ``reward``: the second run finds the decision rewarded and answers ``duplicate``,
+  counting nothing but the ``dup`` counter (the client may see ``duplicate`` for its own
+  first post: it was applied once);
+- ``settle``: only members still in the due set are settled; ``withdraw``: only pending
+  decisions; ``read``: reads;
+- ``transition``: a compare-and-set on the version; the second run finds the version
+  moved and answers "changed by someone else", so the store returns None and the caller
+  reads and decides again (an action whose effect is already there decides "no change";
+  a ``reset`` would decide to reset again).
 """
 
 from __future__ import annotations
@@ -24,9 +40,9 @@ from functools import cache
 from importlib.resources import files
 from typing import Any, TypeVar, cast
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from bandit_serve.errors import StoreError
 from bandit_serve.store.base import (
@@ -46,6 +62,13 @@ from bandit_serve.store.base import (
     Store,
 )
 from bandit_serve.store.batching import Coalescer
+from bandit_serve.store.connection import (
+    Durability,
+    RedisClient,
+    RedisConnection,
+    connect,
+    describe_error,
+)
 
 __all__ = ["ExperimentKeys", "RedisStore"]
 
@@ -148,24 +171,37 @@ class _StaleEpoch(StoreError):
 
 
 class RedisStore(Store):
-    """:class:`Store` on Redis. Build with :meth:`from_url`; ``await close()`` when done.
+    """:class:`Store` on Redis. Build with :meth:`from_url` (or :meth:`open`, which also
+    checks the server at once); ``await close()`` when done.
 
     Concurrent calls of one experiment are coalesced into batches (one script call
     each) by :class:`~bandit_serve.store.batching.Coalescer`; ``coalesce=False`` sends
     every call on its own.
+
+    ``durability``: ``primary`` answers once the master has run a script; ``replicated``
+    answers a reward or a logged decision only once ``WAIT`` confirms a replica has it
+    (StoreError otherwise). An experiment whose settings carry a ``durability`` field
+    uses its own.
     """
 
     def __init__(
-        self, client: aioredis.Redis, clock: Clock | None = None, *, coalesce: bool = True
+        self,
+        client: RedisClient | RedisConnection,
+        clock: Clock | None = None,
+        *,
+        coalesce: bool = True,
+        durability: Durability = "primary",
     ) -> None:
         super().__init__(clock)
-        self.client = client
+        self._conn = client if isinstance(client, RedisConnection) else RedisConnection.wrap(client)
+        self.client: RedisClient = self._conn.client
         self.coalesce = coalesce
+        self.durability: Durability = durability
         self._epochs: dict[str, int] = {}
         self._reward_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
         self._log_batchers: dict[ExperimentSettings, Coalescer[_LogItem, str]] = {}
         self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(_script_source(name))
+            name: self.client.register_script(_script_source(name))
             for name in ("log", "reward", "settle", "withdraw", "read", "transition")
         }
 
@@ -178,18 +214,73 @@ class RedisStore(Store):
         timeout: float = 5.0,
         max_connections: int | None = None,
         coalesce: bool = True,
+        durability: Durability | None = None,
     ) -> RedisStore:
-        client = aioredis.Redis.from_url(
+        """A store for ``url`` (any form of :mod:`bandit_serve.store.connection`);
+        ConfigError for a malformed URL, and no I/O until the first call. Durability is
+        ``replicated`` when the argument or the URL's ``durability=`` asks for it."""
+        conn = connect(url, timeout=timeout, max_connections=max_connections)
+        asked = (durability, conn.target.durability)
+        mode: Durability = "replicated" if "replicated" in asked else "primary"
+        return cls(conn, clock, coalesce=coalesce, durability=mode)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        clock: Clock | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the socket timeout, as in from_url
+        max_connections: int | None = None,
+        coalesce: bool = True,
+        durability: Durability | None = None,
+    ) -> RedisStore:
+        """:meth:`from_url`, then :meth:`verify`; closed again when the check fails."""
+        store = cls.from_url(
             url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            clock=clock,
+            timeout=timeout,
             max_connections=max_connections,
+            coalesce=coalesce,
+            durability=durability,
         )
-        return cls(client, clock, coalesce=coalesce)
+        try:
+            await store.verify()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def verify(self) -> None:
+        """Start-up check, one clear line (StoreError) when it fails: the server (every
+        master of a cluster) answers, is what the URL says (a cluster node only through
+        a cluster URL; a Sentinel knows the master), runs the store's scripts on keys of
+        one slot, and with ``replicated`` durability has a replica per master."""
+        await self._conn.verify(self.durability)
+        for name in self._probe_names():
+            try:
+                await self.read(name)
+            except StoreError as err:
+                raise StoreError(f"the store's probe script failed: {err}") from None
+
+    def _probe_names(self) -> list[str]:
+        """Experiment names whose keys land on every master (one name on a single server)."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return ["__probe__"]
+        names: dict[str, str] = {}
+        masters = {n.name for n in client.get_primaries()}
+        for i in range(100_000):
+            name = f"__probe{i}__"
+            node = client.get_node_from_key(ExperimentKeys(name, 0).ctl)
+            if node is not None and node.name not in names:
+                names[node.name] = name
+            if len(names) == len(masters):
+                break
+        return list(names.values())
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self._conn.aclose()
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -204,23 +295,40 @@ class RedisStore(Store):
             text = str(err)
             if text.startswith(_STALE):
                 raise _StaleEpoch(int(text.split()[1])) from None
-            raise StoreError(f"Redis refused {what}: {err}") from err
-        except RedisError as err:
-            raise StoreError(f"Redis failed during {what}: {err}") from err
+            raise StoreError(
+                f"Redis refused {what}: {describe_error(err, self._conn.target)}"
+            ) from err
+        except (RedisError, RedisClusterException) as err:
+            raise StoreError(
+                f"Redis failed during {what}: {describe_error(err, self._conn.target)}"
+            ) from err
         except OSError as err:  # a socket error that redis-py did not wrap
             raise StoreError(f"Redis unreachable during {what}: {err}") from err
+
+    def _durable(self, exp: ExperimentSettings) -> bool:
+        """Whether writes of ``exp`` wait for a replica (its own setting, else the store's)."""
+        return (getattr(exp, "durability", None) or self.durability) == "replicated"
 
     async def _script(
         self,
         name: str,
         exp_name: str,
         make: Callable[[ExperimentKeys], tuple[list[str], list[Any]]],
+        *,
+        durable: bool = False,
     ) -> Any:
-        """Run a data script for the current epoch; on STALE_EPOCH learn it and run again."""
+        """Run a data script for the current epoch; on STALE_EPOCH learn it and run again.
+        ``durable``: answer only once a replica has the write (``WAIT``)."""
         for _ in range(5):
             keys, args = make(self.keys(exp_name))
+            script = self._scripts[name]
+            pending = (
+                self._conn.eval_and_wait(script, keys, args, name)
+                if durable
+                else script(keys, args)
+            )
             try:
-                return await self._call(name, self._scripts[name](keys, args))
+                return await self._call(name, pending)
             except _StaleEpoch as stale:
                 self._epochs[exp_name] = stale.epoch
         raise StoreError(f"the epoch of {exp_name!r} kept changing during {name}; retry")
@@ -297,7 +405,15 @@ class RedisStore(Store):
             keys = [k.ctl, k.totals, k.due, bucket, *(k.event(d.event_id) for d, _ in items)]
             return keys, args
 
-        await self._script("log", exp.name, make)
+        durable = self._durable(exp)
+        written = await self._script("log", exp.name, make, durable=durable)
+        if durable and int(written) == 0:
+            # A retried call whose first run wrote everything: this connection wrote
+            # nothing, so its WAIT proved nothing. Rewrite one record's expiry (the same
+            # moment) and wait for that: replication is in order, so it covers the rest.
+            key = self.keys(exp.name).event(items[0][0].event_id)
+            expire_at = _ms(deadline + exp.retention_seconds)
+            await self._call("log", self._conn.touch_and_wait(key, expire_at, "log"))
         return [f"{now!r} {deadline!r}"] * len(items)
 
     async def apply_rewards(
@@ -331,7 +447,8 @@ class RedisStore(Store):
             args: list[Any] = [k.epoch, _ms(now), repr(exp.low), repr(exp.high), bucket_expire]
             return keys, args + [repr(r) for _, r in items]
 
-        return cast(list[str], await self._script("reward", exp.name, make))
+        durable = self._durable(exp)
+        return cast(list[str], await self._script("reward", exp.name, make, durable=durable))
 
     async def withdraw_decisions(self, exp: ExperimentSettings, event_ids: Sequence[str]) -> int:
         ids = [e for e in event_ids if _EVENT_ID.match(e)]
@@ -411,7 +528,7 @@ class RedisStore(Store):
                     pipe.hgetall(k.bucket(s))
                 return list(await pipe.execute())
 
-        raws = await self._call("buckets", fetch())
+        raws = await self._call("buckets", self._conn.retrying(fetch, k.ctl))
         return [Bucket(s, _parse_arms(raw)) for s, raw in zip(starts, raws, strict=True) if raw]
 
     # -- control -----------------------------------------------------------------------
