@@ -1,4 +1,5 @@
-"""Shared fixtures: a manual clock, unique experiment names, real Redis connections."""
+"""Shared fixtures: a manual clock, unique experiment names, real Redis connections, and a
+Redis Cluster started once per session (tests/redis_servers.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import ClusterNode
+from redis.cluster import RedisCluster as SyncRedisCluster
 
 from bandit_serve.store import RedisStore
+from bandit_serve.store.connection import parse_url
+from tests.redis_servers import ClusterProcesses
 
 REDIS_URL = os.environ.get("BANDIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -56,9 +61,31 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcesses]:
+    """A 3-master, 3-replica Redis Cluster on free loopback ports, started once for every
+    test that asks for it (about 2 s) and stopped at the end of the session."""
+    with ClusterProcesses(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
 def delete_experiment_keys(url: str, name: str) -> None:
+    """Delete every key of experiment ``name`` (a ``redis+cluster://`` URL too: the keys
+    share one slot, so one node holds them all)."""
+    pattern = f"bandit:{{{name}}}*"
+    if "+cluster://" in url:
+        target = parse_url(url)
+        rc = SyncRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts])
+        try:
+            node = rc.get_node_from_key(f"bandit:{{{name}}}:ctl")
+            keys = list(rc.scan_iter(match=pattern, count=1000, target_nodes=node))
+            if keys:
+                rc.delete(*keys)
+        finally:
+            rc.close()
+        return
     r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(match=f"bandit:{{{name}}}*", count=1000))
+    keys = list(r.scan_iter(match=pattern, count=1000))
     if keys:
         r.delete(*keys)
     r.close()

@@ -1,4 +1,5 @@
-"""One contract, run unchanged against the in-memory store and a real Redis server."""
+"""One contract, run unchanged against the in-memory store, a real Redis server and a
+3-master, 3-replica Redis Cluster."""
 
 from __future__ import annotations
 
@@ -29,14 +30,17 @@ A, D, U, E, INV = (
 )
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(
     request: pytest.FixtureRequest, clock: ManualClock, exp_name: str
 ) -> AsyncIterator[Store]:
     if request.param == "memory":
         yield MemoryStore(clock=clock)
         return
-    url = request.getfixturevalue("redis_url")
+    if request.param == "cluster":  # 3 masters, 3 replicas (tests/conftest.py)
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("redis_url")
     s = RedisStore.from_url(url, clock=clock)
     yield s
     await s.close()

@@ -1,5 +1,5 @@
 """The store's model-call outcomes, control state, audit log and epochs: one contract, run
-unchanged against the in-memory store and a real Redis server."""
+unchanged against the in-memory store, a real Redis server and a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -23,14 +23,17 @@ from bandit_serve.store import (
 from tests.conftest import ManualClock, delete_experiment_keys
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(
     request: pytest.FixtureRequest, clock: ManualClock, exp_name: str
 ) -> AsyncIterator[Store]:
     if request.param == "memory":
         yield MemoryStore(clock=clock)
         return
-    url = request.getfixturevalue("redis_url")
+    if request.param == "cluster":  # 3 masters, 3 replicas (tests/conftest.py)
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("redis_url")
     s = RedisStore.from_url(url, clock=clock)
     yield s
     await s.close()
