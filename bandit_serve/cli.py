@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from bandit_serve.errors import ConfigError
 from bandit_serve.service.options import AppArgs
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from bandit_serve.client import AnalysisArm
+    from bandit_serve.config import ArmConfig
 
 app = typer.Typer(
     name="bandit-serve",
@@ -32,9 +40,30 @@ app.add_typer(experiment_app, name="experiment")
 URL_OPTION = typer.Option(help="Service URL.", envvar="BANDIT_SERVE_URL")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from bandit_serve import __version__
+
+        typer.echo(f"bandit-serve {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Serve model versions as arms of a bandit; simulate policies offline."""
+
+
+def _stdout_console() -> Console:
+    """Tables for stdout: the terminal's width (or $COLUMNS); 160 columns in a pipe."""
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=160 if wide else None)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -43,14 +72,27 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @app.command()
-def check(config: Annotated[Path, typer.Argument(help="Experiment config file (YAML).")]) -> None:
-    """Validate an experiment config file and print what it defines."""
+def check(
+    config: Annotated[Path, typer.Argument(help="Experiment config file (YAML).")],
+    load_models: Annotated[
+        bool,
+        typer.Option(
+            "--load-models/--no-load-models",
+            help="Load every arm's model (import callables, unpickle joblib files), as the "
+            "service will.",
+        ),
+    ] = True,
+) -> None:
+    """Validate a config file, load every arm's model, print what it defines.
+
+    Exits 2 with one line per problem, naming the arm and the cause."""
     from bandit_serve.config import load_config
 
     try:
         cfg = load_config(config)
     except ConfigError as err:
         raise fail(str(err)) from None
+    failures = []
     for exp in cfg.experiments:
         arms = ", ".join(exp.arm_names)
         typer.echo(
@@ -58,6 +100,32 @@ def check(config: Annotated[Path, typer.Argument(help="Experiment config file (Y
             f"reward {exp.reward.kind} in {list(exp.reward.bounds)}, "
             f"wait {exp.reward.wait_seconds:g}s then {exp.reward.on_expiry}"
         )
+        if load_models:
+            failures += [f"{exp.name}/{arm}: {why}" for arm, why in _unloadable(exp.arms)]
+    for line in failures:
+        console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(2)
+    if load_models:
+        n = sum(len(e.arms) for e in cfg.experiments)
+        typer.echo(f"{n} model{'s' if n != 1 else ''} loaded")
+
+
+def _unloadable(arms: Sequence[ArmConfig]) -> list[tuple[str, str]]:
+    """The arms whose model cannot be loaded, each with the cause in one line."""
+    from bandit_serve.config import SklearnModel
+    from bandit_serve.service.models import LoadedModel
+
+    failed = []
+    for arm in arms:
+        ref = arm.model
+        what = f"model file {ref.path}" if isinstance(ref, SklearnModel) else ref.target
+        try:
+            LoadedModel(ref)
+        except Exception as err:  # any failure of the model's own code is the finding
+            cause = " ".join(f"{type(err).__name__}: {err}".split())
+            failed.append((arm.name, f"cannot load {what}: {cause}"))
+    return failed
 
 
 @app.command()
@@ -75,7 +143,6 @@ def simulate(
 ) -> None:
     """Run the served policies offline on a scenario and report their regret."""
     from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-    from rich.table import Table
 
     from bandit_serve.simulation import load_scenario, simulate_policy
     from bandit_serve.simulation.report import (
@@ -114,10 +181,11 @@ def simulate(
     title = f"{sc.name}: {sc.runs} runs x {sc.horizon:,} decisions, seed {sc.seed}"
     if bound is not None:
         title += f"; Lai-Robbins bound {bound:.1f}"
-    table = Table(*TABLE_HEADER, title=title)
-    for row in table_rows(data):
-        table.add_row(*row)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    rows = [[_breakable(label), *numbers] for label, *numbers in table_rows(data)]
+    screen = _stdout_console()
+    screen.print(
+        _fit_table(title, TABLE_HEADER, rows, screen.width) or _table(title, TABLE_HEADER, rows)
+    )
 
     if out is not None:
         from bandit_serve.simulation.plots import plot_regret, plot_share
@@ -128,6 +196,56 @@ def simulate(
         plot_regret(out / "regret.png", sc.name, results)
         plot_share(out / "share.png", sc.name, [a.name for a in sc.arms], results)
         typer.echo(f"wrote {out}/summary.json, regret.csv, regret.png, share.png")
+
+
+def _breakable(label: str) -> str:
+    """``kind(a=1, b=2)`` as ``kind (a=1, b=2)``: a narrow column wraps it at the space."""
+    head, paren, rest = label.partition("(")
+    return f"{head.rstrip()} ({rest}" if paren and head and not head.endswith(" ") else label
+
+
+LABEL_MIN = 12  # a label column narrower than this reads badly: split the table instead
+
+
+def _table(
+    title: str | None, headers: Sequence[str], rows: Sequence[Sequence[str]], fixed: bool = False
+) -> Table:
+    """Column 0 holds labels (wrapped at spaces, else anywhere; never cut), the others
+    numbers, right-aligned. ``fixed``: each number column exactly as wide as its widest
+    value or its header's longest word (the header wraps), the rest for the labels."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, head in enumerate(headers):
+        if i == 0:
+            table.add_column(head, overflow="fold")
+            continue
+        need = max(len(r[i]) for r in rows) if rows else 1
+        width = max(need, *(len(w) for w in head.split())) if fixed else None
+        table.add_column(head, justify="right", min_width=need, width=width)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _fit_table(
+    title: str | None, headers: Sequence[str], rows: Sequence[Sequence[str]], width: int
+) -> Table | None:
+    """A table of ``width`` columns at most that cuts no number and no label: as is when it
+    fits, else with narrow number columns (wrapped headers); None when even that leaves
+    the labels fewer than :data:`LABEL_MIN` columns."""
+    cells = [list(headers), *rows]
+    natural = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if sum(w + 3 for w in natural) + 1 <= width:
+        return _table(title, headers, rows)
+    numbers = [
+        max([len(r[i]) for r in rows] + [len(w) for w in headers[i].split()])
+        for i in range(1, len(headers))
+    ]
+    label = width - 1 - sum(w + 3 for w in numbers) - 3
+    if label < min(LABEL_MIN, natural[0]):
+        return None
+    return _table(title, headers, rows, fixed=True)
 
 
 _RUN = AppArgs.model_fields
@@ -235,8 +353,9 @@ def loadgen(
         float, typer.Option(min=0.1, help="Seconds between progress lines when not a terminal.")
     ] = 5.0,
 ) -> None:
-    """Act as an application and its downstream app: send predictions, post rewards later,
-    show the traffic. Exits 1 when requests failed (the reasons counted in one line)."""
+    """Act as an application and its downstream app: predictions now, rewards later.
+
+    Shows the traffic; exits 1 when requests failed (their reasons counted in one line)."""
     import asyncio
     from collections.abc import Iterator
 
@@ -301,71 +420,71 @@ def loadgen(
 @app.command()
 def analyze(
     name: Annotated[str, typer.Argument(help="Experiment name.")],
-    url: Annotated[str, typer.Option(help="Service URL.")] = "http://127.0.0.1:8000",
+    url: Annotated[str, URL_OPTION] = "http://127.0.0.1:8000",
     baseline: Annotated[str | None, typer.Option(help="Baseline arm (default: the first).")] = None,
     alpha: Annotated[float, typer.Option(min=0.0001, max=0.5)] = 0.05,
+    tau: Annotated[
+        float | None, typer.Option(min=0, help="mSPRT mixing scale (default: the server's).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (the API's answer).")
+    ] = False,
+    api_key: ApiKey = None,
 ) -> None:
-    """Print the statistical analysis of an experiment (GET .../analysis) as a table."""
-    import httpx
-    from rich.table import Table
+    """Print the statistical analysis of an experiment (GET .../analysis)."""
+    import json
 
-    params: dict[str, str | float] = {"alpha": alpha}
-    if baseline:
-        params["baseline"] = baseline
+    from bandit_serve.client import Client, ClientError
+
     try:
-        r = httpx.get(
-            f"{url.rstrip('/')}/v1/experiments/{name}/analysis", params=params, timeout=30
-        )
-    except httpx.HTTPError as err:
-        raise fail(f"cannot reach {url}: {err}") from None
-    if r.status_code != 200:
-        raise fail(f"{r.status_code}: {r.json().get('detail', r.text)}")
-    rep = r.json()
+        with Client(url, api_key, timeout=30) as client:
+            rep = client.analysis(name, baseline=baseline, alpha=alpha, tau=tau)
+    except ClientError as err:
+        raise fail(str(err)) from None
+    if as_json:
+        typer.echo(json.dumps(rep.raw, indent=2))
+        return
 
-    def num(x: float | None, fmt: str = ".4f") -> str:
-        return "-" if x is None else format(x, fmt)
+    out = _stdout_console()
+    title = f"{name}: each arm against {rep.baseline} ({rep.test}, alpha {rep.alpha:g})"
+    headers = [head for head, _ in _ANALYSIS_COLUMNS]
+    rows = [[cell(a) for _, cell in _ANALYSIS_COLUMNS] for a in rep.arms]
+    table = _fit_table(title, headers, rows, out.width)
+    if table is not None:
+        out.print(table)
+    else:  # too narrow for one table: the comparison, then each arm's own numbers
+        compare, own = list(range(7)), [0, *range(7, len(headers))]
+        for columns, caption in ((compare, title), (own, None)):
+            head = [headers[i] for i in columns]
+            body = [[r[i] for i in columns] for r in rows]
+            out.print(_fit_table(caption, head, body, out.width) or _table(caption, head, body))
+    out.print(f"sample ratio check: p = {_num(rep.srm_p_value, '.3g')}", highlight=False)
+    if rep.srm_warning:
+        out.print(f"[bold red]WARNING[/bold red] {rep.srm_warning}")
+    for a in rep.arms:
+        if a.note and a.note != "baseline":
+            out.print(f"{a.name}: {a.note}", highlight=False)
+    out.print("* " + "\n* ".join(rep.notes), highlight=False)
 
-    table = Table(
-        title=f"{name}: each arm against {rep['baseline']} ({rep['test']}, alpha {rep['alpha']:g})"
-    )
-    for col in (
-        "arm",
-        "samples",
-        "mean",
-        "effect [CI]",
-        "p fixed*",
-        "p sequential",
-        "P(best)",
-        "exp. loss",
-        "IPW mean",
-    ):
-        table.add_column(col, justify="left" if col == "arm" else "right")
-    for a in rep["arms"]:
-        effect = (
-            "-"
-            if a["effect"] is None
-            else (f"{a['effect']:+.4f} [{a['ci_low']:+.4f}, {a['ci_high']:+.4f}]")
-        )
-        table.add_row(
-            a["name"],
-            f"{a['samples']:,}",
-            num(a["mean"]),
-            effect,
-            num(a["p_value"]),
-            num(a["p_value_sequential"]),
-            num(a["p_best"], ".3f"),
-            num(a["expected_loss"]),
-            num(a["ipw_mean"]),
-        )
-    out = Console(width=None if sys.stdout.isatty() else 160)
-    out.print(table)
-    out.print(f"sample ratio check: p = {rep['srm_p_value']:.3g}", highlight=False)
-    if rep["srm_warning"]:
-        out.print(f"[bold red]WARNING[/bold red] {rep['srm_warning']}")
-    for a in rep["arms"]:
-        if a["note"] and a["note"] != "baseline":
-            out.print(f"{a['name']}: {a['note']}", highlight=False)
-    out.print("* " + "\n* ".join(rep["notes"]), highlight=False)
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+# (header, the cell of an arm); the first seven compare with the baseline
+_ANALYSIS_COLUMNS: tuple[tuple[str, Callable[[AnalysisArm], str]], ...] = (
+    ("arm", lambda a: a.name),
+    ("mean", lambda a: _num(a.mean)),
+    ("effect", lambda a: _num(a.effect, "+.4f")),
+    ("CI low", lambda a: _num(a.ci_low, "+.4f")),
+    ("CI high", lambda a: _num(a.ci_high, "+.4f")),
+    ("p fixed*", lambda a: _num(a.p_value)),
+    ("p sequential", lambda a: _num(a.p_value_sequential)),
+    ("samples", lambda a: f"{a.samples:,}"),
+    ("P(best)", lambda a: _num(a.p_best, ".3f")),
+    ("exp. loss", lambda a: _num(a.expected_loss)),
+    ("IPW mean", lambda a: _num(a.ipw_mean)),
+)
 
 
 def _request(method: str, url: str, path: str, **kw: Any) -> Any:
