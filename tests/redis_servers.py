@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 __all__ = [
     "ClusterProcesses",
@@ -124,16 +126,16 @@ class RedisProcess:
 
     def client(self, **kw: object) -> redis.Redis:
         """A synchronous client of this process (the caller closes it)."""
-        return redis.Redis(
-            host=HOST,
-            port=self.port,
-            password=self.password,
-            username=self.username,
-            decode_responses=True,
-            socket_connect_timeout=1,
-            socket_timeout=5,
-            **kw,  # type: ignore[arg-type]
-        )
+        options: dict[str, Any] = {
+            "password": self.password,
+            "username": self.username,
+            "decode_responses": True,
+            "socket_connect_timeout": 1,
+            "socket_timeout": 5,
+            "retry": Retry(NoBackoff(), 0),  # callers poll; redis-py's default retries 10 times
+            **kw,
+        }
+        return redis.Redis(host=HOST, port=self.port, **options)
 
     def command(self) -> list[str]:
         cmd = [_exe()]
@@ -153,16 +155,16 @@ class RedisProcess:
 
     def start(self, *, wait: bool = True) -> None:
         assert self.proc is None, f"{self.name} is already running"
-        self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        with open(self.dir / "stderr.log", "ab") as err:  # config errors land here
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=err)
         if wait:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         def answers() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+                logs = [self.dir / "stderr.log", self.log]
+                tail = " ".join(p.read_text()[-2000:] for p in logs if p.exists())
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {tail}")
             with contextlib.closing(self.client()) as c:
                 return bool(c.ping())
