@@ -36,7 +36,14 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from bandit_serve.client import ApiError, AsyncClient, ClientError, Prediction, ServiceUnavailable
+from bandit_serve.client import (
+    ApiError,
+    AsyncClient,
+    ClientError,
+    ModelFailed,
+    Prediction,
+    ServiceUnavailable,
+)
 from bandit_serve.errors import BanditServeError
 
 __all__ = [
@@ -210,6 +217,8 @@ class LoadgenResult:
 
 
 def _failure(err: ClientError) -> str:
+    if isinstance(err, ModelFailed):
+        return f"{err.status} the model of arm {err.arm!r} failed"
     if isinstance(err, ServiceUnavailable):
         return err.reason or "no answer"
     if isinstance(err, ApiError):

@@ -47,6 +47,12 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
                     "policy": {"kind": "fixed"},
                     "reward": {"kind": "bernoulli"},
                 },
+                {
+                    "name": "broken",
+                    "arms": [{"name": "only", "model": "tests.fixtures.models:broken"}],
+                    "policy": {"kind": "fixed"},
+                    "reward": {"kind": "bernoulli"},
+                },
             ]
         }
     )
@@ -116,6 +122,8 @@ def test_failed_requests_exit_1_with_their_count_and_reasons_in_one_line(
     code, out = run("--url", server, "--experiment", "nope", "-i", str(f), *FAST)
     assert code == 1
     assert "2 of 2 requests failed: 2 predict: 404 no experiment named 'nope'" in out
+    code, out = run("--url", server, "--experiment", "broken", "-i", str(f), *FAST)
+    assert code == 1 and "2 predict: 502 the model of arm 'only' failed" in out
     dead = f"http://127.0.0.1:{free_port()}"
     code, out = run("--url", dead, "--experiment", "ab", "-i", str(f), "--retries", "1", *FAST)
     assert code == 1 and "2 of 2 requests failed: 2 predict: ConnectError" in out
