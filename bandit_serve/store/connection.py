@@ -207,7 +207,7 @@ class RetryPolicy:
 def retryable(err: BaseException) -> bool:
     """A connection error, timeout or cluster reconfiguration: try again later. Never a
     refused password or permission, never an error Redis answered for a command."""
-    if isinstance(err, AuthenticationError | AuthorizationError):
+    if _refused_credentials(err):
         return False
     if isinstance(err, ConnectionError | TimeoutError):
         return True
@@ -217,6 +217,15 @@ def retryable(err: BaseException) -> bool:
         cause = err.__cause__
         return cause is not None and retryable(cause)
     return False
+
+
+def _refused_credentials(err: BaseException) -> bool:
+    """A refused password or permission (redis-py wraps it in a ConnectionError for unix
+    sockets)."""
+    auth = AuthenticationError | AuthorizationError
+    return isinstance(err, auth) or (
+        isinstance(err, ConnectionError) and isinstance(err.__cause__, auth)
+    )
 
 
 class _Retry(Retry):
@@ -491,7 +500,7 @@ def describe_error(err: BaseException, target: RedisTarget | None = None) -> str
             f"the Redis user{where} may not run a command the store needs ({text}); "
             "deployments/redis-acl.conf lists them"
         )
-    if isinstance(err, AuthenticationError | AuthorizationError) or "WRONGPASS" in text:
+    if _refused_credentials(err) or "WRONGPASS" in text:
         return f"Redis{where} refused the credentials ({text})"
     if isinstance(err, AskError) or text.startswith(("MOVED", "ASK ")):
         return (
