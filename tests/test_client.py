@@ -138,9 +138,10 @@ def test_refusals_raise_with_the_servers_detail(server: str) -> None:
         assert refused.value.status == 409
         with pytest.raises(InvalidRequest, match=r"confirm=ab"):
             c.reset("ab", confirm="ba")
-        with pytest.raises(ModelFailed, match="model exploded") as failed:
+        with pytest.raises(ModelFailed, match="predict on 'broken': 502 ") as failed:
             c.predict("broken", 1)
         assert failed.value.arm == "only" and failed.value.status == 502
+        assert failed.value.detail and failed.value.detail in str(failed.value)
         with pytest.raises(NotFound):
             c.analysis("ab", baseline="zz")
         for err in (nf.value, refused.value, failed.value):
