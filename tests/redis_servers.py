@@ -362,11 +362,20 @@ class SentinelGroup:
         sentinels: int = 3,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
+        password: str | None = None,
         args: Sequence[str] = (),
     ) -> None:
+        """``password``: the data nodes' (requirepass and masterauth; the Sentinels get
+        it as auth-pass); the Sentinels themselves take none."""
         self.master_name = master_name
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
         self.data = [
-            RedisProcess(workdir, name=f"data-{i}", args=["--appendonly", "no", *args])
+            RedisProcess(
+                workdir,
+                name=f"data-{i}",
+                args=["--appendonly", "no", *auth, *args],
+                password=password,
+            )
             for i in range(1 + replicas)
         ]
         for r in self.data[1:]:
@@ -377,6 +386,7 @@ class SentinelGroup:
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
             f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {master_name} 1\n"
+            + (f"sentinel auth-pass {master_name} {password}\n" if password else "")
         )
         self.sentinels = [
             RedisProcess(workdir, name=f"sentinel-{i}", conf=conf, sentinel=True)

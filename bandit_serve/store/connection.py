@@ -70,6 +70,7 @@ from redis.exceptions import (
     AuthorizationError,
     ClusterDownError,
     ConnectionError,
+    MovedError,
     NoPermissionError,
     NoScriptError,
     ReadOnlyError,
@@ -503,6 +504,8 @@ def describe_error(err: BaseException, target: RedisTarget | None = None) -> str
     if _refused_credentials(err) or "WRONGPASS" in text:
         return f"Redis{where} refused the credentials ({text})"
     if isinstance(err, AskError) or text.startswith(("MOVED", "ASK ")):
+        if isinstance(err, AskError):  # redis-py keeps only "<slot> <host:port>"
+            text = f"{'MOVED' if isinstance(err, MovedError) else 'ASK'} {text}"
         return (
             f"Redis{where} is a Redis Cluster node and redirected a command ({text}){cluster_url}"
         )
