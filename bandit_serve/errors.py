@@ -81,4 +81,13 @@ class ActionRefused(BanditServeError):
 
 
 class StoreError(BanditServeError, ConnectionError):
-    """The state store failed (for Redis: unreachable, timed out, or refused a command)."""
+    """The state store failed (for Redis: unreachable, timed out, or refused a command).
+
+    ``maybe_written``: the failed call was a write that may have been applied all the
+    same (a timeout after sending); a reward is then safe to post again (a duplicate is
+    answered as such), a decision is withdrawn by the router once the store answers.
+    """
+
+    def __init__(self, message: str, *, maybe_written: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written

@@ -330,7 +330,7 @@ def test_guardrails_roll_back_a_failing_and_a_slow_arm_exactly_once(
                     assert r.status_code in (200, 502), r.text
                     served[r.json()["arm"]] += 1
                     if r.status_code == 502:  # the model's own exception, through Ray
-                        assert "RuntimeError: model exploded" in r.json()["detail"], r.text
+                        assert "(RuntimeError)" in r.json()["detail"], r.text
         return served
 
     try:

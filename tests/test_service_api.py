@@ -197,7 +197,9 @@ async def test_failing_model_is_502_named_counted_and_leaves_nothing_pending(
     try:
         r = await h.predict(exp_name)
         assert r.status_code == 502
-        assert r.json()["arm"] == "bad" and "model exploded" in r.json()["detail"]
+        body = r.json()
+        assert body["arm"] == "bad" and "(RuntimeError)" in body["detail"] and body["error_id"]
+        assert "exploded" not in r.text  # the model's own message goes to the log only
         h.service.reconfigure(
             app_config(
                 exp_name,

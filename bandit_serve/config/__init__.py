@@ -7,11 +7,12 @@ the file, the field path and what is wrong.
 
 Modules: ``base`` (shared model rules), ``policies`` (one config per policy kind),
 ``models`` (model references), ``experiment`` (experiments and whole files), ``loading``
-(YAML, error messages), ``safety`` (guardrails, notifications).
+(YAML, error messages), ``safety`` (guardrails, notifications), ``auth`` (API keys and scopes).
 """
 
 from __future__ import annotations
 
+from bandit_serve.config.auth import ApiKeyConfig, AuthConfig, key_digest
 from bandit_serve.config.base import NAME_PATTERN, Name, Strict, require_unique
 from bandit_serve.config.experiment import (
     REWARD_LIMIT,
@@ -53,8 +54,10 @@ __all__ = [
     "MODEL_REF",
     "NAME_PATTERN",
     "REWARD_LIMIT",
+    "ApiKeyConfig",
     "AppConfig",
     "ArmConfig",
+    "AuthConfig",
     "BucketConfig",
     "CallableModel",
     "EpsilonGreedyConfig",
@@ -76,6 +79,7 @@ __all__ = [
     "UCB1Config",
     "discriminator_tags",
     "format_validation_error",
+    "key_digest",
     "load_config",
     "parse_config",
     "read_yaml",

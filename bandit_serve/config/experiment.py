@@ -6,6 +6,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from bandit_serve.config.auth import AuthConfig
 from bandit_serve.config.base import Name, Strict, require_unique
 from bandit_serve.config.models import ModelRef, model_shorthand
 from bandit_serve.config.policies import PolicyConfig
@@ -200,10 +201,15 @@ def _check_schema(schema: dict[str, Any]) -> None:
 class AppConfig(Strict):
     """A whole config file."""
 
-    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://")
+    redis_url: str | None = Field(None, pattern=r"^(redis|rediss|unix)(\+cluster|\+sentinel)?://")
     experiments: list[ExperimentConfig] = Field(min_length=1)
+    auth: AuthConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
         require_unique([e.name for e in self.experiments], "experiment names")
+        if self.auth is not None:
+            unknown = sorted(self.auth.experiments_named() - {e.name for e in self.experiments})
+            if unknown:
+                raise ValueError(f"auth scopes name unknown experiments: {', '.join(unknown)}")
         return self

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from bandit_serve.config.auth import ApiKeyConfig
+from bandit_serve.config.base import Strict
 from bandit_serve.config.experiment import AppConfig
 from bandit_serve.errors import ConfigError
 
@@ -123,14 +125,36 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: {at}invalid YAML: {problem}") from None
 
 
+class _KeysFile(Strict):
+    keys: list[ApiKeyConfig]
+
+
+def _with_keys_file(cfg: AppConfig, base: Path) -> AppConfig:
+    """Merge ``auth.keys_file`` (relative to the config file) into ``auth.keys``."""
+    if cfg.auth is None or cfg.auth.keys_file is None:
+        return cfg
+    path = Path(cfg.auth.keys_file)
+    path = path if path.is_absolute() else base / path
+    extra = parse_config(_KeysFile, read_yaml(path), str(path)).keys
+    try:
+        auth = cfg.auth.model_validate(
+            {**cfg.auth.model_dump(), "keys": [*cfg.auth.keys, *extra], "keys_file": None}
+        )
+        return cfg.model_validate({**cfg.model_dump(), "auth": auth.model_dump()})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(path), err)) from None
+
+
 def load_config(path: str | Path) -> AppConfig:
     """Read and validate an experiment config file.
 
     Relative model file paths are taken relative to the config file and made absolute
-    (model replicas do not share the caller's working directory).
+    (model replicas do not share the caller's working directory); an ``auth.keys_file``
+    is read and merged into ``auth.keys``.
     """
     cfg = parse_config(AppConfig, read_yaml(path), str(path))
     base = Path(path).resolve().parent
+    cfg = _with_keys_file(cfg, base)
     experiments = [
         exp.model_copy(
             update={

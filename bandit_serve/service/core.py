@@ -42,6 +42,7 @@ from bandit_serve.errors import (
 from bandit_serve.policies import ArmStats, FrozenDistribution
 from bandit_serve.safety import actions
 from bandit_serve.safety.guardrails import Finding, evaluate, latency_summary
+from bandit_serve.service.auth import Authenticator, Limiter
 from bandit_serve.service.models import InputContract
 from bandit_serve.stats import AnalysisReport, analyze, arm_posterior, histogram
 from bandit_serve.store import (
@@ -289,11 +290,11 @@ class ExperimentRouter:
         )
         try:
             await self.store.log_decisions(self.settings, [decision], expected)
-        except StoreError:
+        except StoreError as err:
             # It may have been written all the same (a timeout after sending): no client
             # will hold its id, so withdraw it once the store answers again.
             self._spawn(self._withdraw_later(req.event_id))
-            raise
+            raise StoreError(str(err), maybe_written=True) from err
         if failure is not None:
             raise ModelError(self.settings.name, arm, failure)
         return Prediction(req.event_id, arm, body, propensity)
@@ -324,7 +325,10 @@ class ExperimentRouter:
         log.warning("could not withdraw decision %s of %s", event_id, self.settings.name)
 
     async def post_rewards(self, items: Sequence[tuple[str, float]]) -> list[RewardOutcome]:
-        return await self.store.apply_rewards(self.settings, items)
+        try:
+            return await self.store.apply_rewards(self.settings, items)
+        except StoreError as err:  # may have been applied: a retry answers duplicate
+            raise StoreError(str(err), maybe_written=True) from err
 
     async def settle(self) -> int:
         report = await self.store.settle_expired(self.settings)
@@ -562,6 +566,8 @@ class BanditService:
         self.settle_every = settle_every
         self.routers: dict[str, ExperimentRouter] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.authenticator: Authenticator | None = None
+        self.rate_limiter: Limiter | None = None
         from bandit_serve.safety.notify import Notifier
 
         self.notifier = Notifier()
@@ -572,6 +578,7 @@ class BanditService:
         their new arms and policy. Statistics and arm statuses live in the store, so a
         reload never undoes an action; a new arm starts from the prior."""
         self.cfg = cfg
+        self.authenticator = None if cfg.auth is None else Authenticator(cfg.auth)
         routers = {}
         for i, exp in enumerate(cfg.experiments):
             r = self.routers.get(exp.name)
