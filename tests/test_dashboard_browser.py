@@ -5,7 +5,9 @@ uvicorn in a thread).
 A demo-like experiment of three arms gets 20 minutes of traffic (a clock shifted into the
 past, moved a minute at a time), with rewards and a flaky third arm that a guardrail
 flags. The page must load with no console errors, show every arm with the API's numbers,
-and show a rollback done through the API within a few seconds. With
+and show a rollback done through the API within a few seconds. A second replica of the
+same experiments with auth on (a ``read`` key, a predict-only key) checks that the page
+asks once for a key, keeps it in sessionStorage and sends it only as a Bearer header. With
 ``BANDIT_SCREENSHOT=docs/dashboard.png`` the test saves a screenshot of that state (the
 README shows it).
 
@@ -32,7 +34,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from bandit_serve.config import AppConfig
+from bandit_serve.config import AppConfig, key_digest
 from bandit_serve.service.core import BanditService
 from bandit_serve.service.http import create_api
 from bandit_serve.service.local import LocalModels
@@ -54,8 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REWARD_P = {"v1": 0.81, "v2": 0.94, "v3": 0.90}
 MINUTES = 20
 PER_MINUTE = 50
-LOCKED = "/locked"  # a path prefix behind which the API asks for a key (see _gatekeeper)
 READ_KEY = "read-key-for-the-browser-test"
+PREDICT_KEY = "predict-key-for-the-browser-test"
 PAUSE_REASON = 'holiday <img src="x" onerror="document.title=1"> freeze'  # shown as text
 
 Scope = MutableMapping[str, Any]
@@ -160,44 +162,12 @@ def with_service_loops(service: BanditService, store: RedisStore, app: ASGIApp) 
     return wrapped
 
 
-def _gatekeeper(app: ASGIApp) -> ASGIApp:
-    """Under ``/locked`` the same app, but its API routes answer 401 without
-    ``Authorization: Bearer READ_KEY`` (what the service does with auth on); the page and
-    its static files need no key. Requests are counted for the test's checks."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(f"{LOCKED}/"):
-            path = scope["path"][len(LOCKED) :]
-            auth = dict(scope["headers"]).get(b"authorization", b"").decode()
-            query = scope.get("query_string", b"").decode()
-            SEEN.append((path, query, auth))
-            if path.startswith("/v1/") and auth != f"Bearer {READ_KEY}":
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"www-authenticate", b"Bearer"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": b'{"detail":"key needed"}'})
-                return
-            scope = {**scope, "path": path, "raw_path": path.encode()}
-        await app(scope, receive, send)
-
-    return wrapped
-
-
-SEEN: list[tuple[str, str, str]] = []  # (path, query, authorization) under /locked
-
-
 @dataclass
 class Demo:
     base: str
     name: str
     ab_name: str
+    redis_url: str
 
 
 async def _drive(base: str, name: str, clock: ShiftedClock) -> None:
@@ -232,13 +202,13 @@ def demo(redis_url: str) -> Iterator[Demo]:
     cfg = demo_config(name, ab_name)
     store = RedisStore.from_url(redis_url, clock=clock)
     service = BanditService(cfg, store, LocalModels(cfg), seed=7)
-    app = _gatekeeper(with_service_loops(service, store, create_api(lambda: service)))
+    app = with_service_loops(service, store, create_api(lambda: service))
     try:
         with serve_in_thread(app) as base:
             asyncio.run(_drive(base, name, clock))
             r = httpx.post(f"{base}/v1/experiments/{ab_name}/pause", json={"reason": PAUSE_REASON})
             assert r.status_code == 200, r.text
-            yield Demo(base, name, ab_name)
+            yield Demo(base, name, ab_name, redis_url)
     finally:
         delete_experiment_keys(redis_url, name)
         delete_experiment_keys(redis_url, ab_name)
@@ -390,41 +360,82 @@ def test_the_dashboard_reads_well_on_a_phone(demo: Demo, browser: Browser) -> No
         assert errors == [], errors
 
 
+@pytest.fixture(scope="module")
+def secured(demo: Demo) -> Iterator[str]:
+    """A second replica of the demo (same Redis) with auth on: a ``read`` key and a key
+    that may only predict. Yields its URL."""
+    raw = demo_config(demo.name, demo.ab_name).model_dump()
+    raw["auth"] = {
+        "keys": [
+            {"name": "reader", "sha256": key_digest(READ_KEY), "scopes": ["read"]},
+            {"name": "app", "sha256": key_digest(PREDICT_KEY), "scopes": [f"predict:{demo.name}"]},
+        ]
+    }
+    cfg = AppConfig.model_validate(raw)
+    store = RedisStore.from_url(demo.redis_url)
+    service = BanditService(cfg, store, LocalModels(cfg), seed=8)
+    with serve_in_thread(with_service_loops(service, store, create_api(lambda: service))) as base:
+        yield base
+
+
 def test_with_auth_on_the_page_asks_once_for_a_key_and_sends_it_as_a_header(
-    demo: Demo, browser: Browser
+    demo: Demo, secured: str, browser: Browser
 ) -> None:
-    SEEN.clear()
-    with opened(browser, f"{demo.base}{LOCKED}/dashboard") as (page, errors):
+    assert httpx.get(f"{secured}/v1/experiments").status_code == 401
+    sent: list[tuple[str, str | None]] = []  # (url, authorization) of every request
+
+    with opened(browser, "about:blank") as (page, errors):
+        page.on("request", lambda r: sent.append((r.url, r.all_headers().get("authorization"))))
+        page.goto(f"{secured}/dashboard")
         dialog = page.locator("#auth")
         expect(dialog).to_be_visible(timeout=10_000)
+        expect(page.locator("#auth-error")).to_be_hidden()
         page.locator("#auth-key").fill(READ_KEY)
         page.locator("#auth-form button").click()
         expect(dialog).to_be_hidden()
         expect(page.locator("#exp-name")).to_have_text(demo.name, timeout=10_000)
+        expect(arm_cell(page, "v1", "status")).not_to_have_text("")
         assert page.evaluate("sessionStorage.getItem('bandit-serve.api-key')") == READ_KEY
         # a reload in the same tab reuses the stored key: the form does not come back
-        before = len(SEEN)
+        before = len(sent)
         page.reload()
         expect(page.locator("#status")).to_contain_text("updated", timeout=10_000)
         expect(page.locator("#exp-name")).to_have_text(demo.name)
         expect(dialog).to_be_hidden()
-        assert any(s[0] == "/v1/experiments" for s in SEEN[before:])
+        after = [u for u, a in sent[before:] if "/v1/" in u and a == f"Bearer {READ_KEY}"]
+        assert after, sent[before:]
 
-    api_calls = [s for s in SEEN if s[0].startswith("/v1/")]
-    unauthorised = [s for s in api_calls if s[2] != f"Bearer {READ_KEY}"]
+    api_calls = [(u, a) for u, a in sent if "/v1/" in u]
+    without = [u for u, a in api_calls if a != f"Bearer {READ_KEY}"]
     # only the first request went without a key: one form, then the key every time
-    assert [s[0] for s in unauthorised] == ["/v1/experiments"], unauthorised
-    page_files = [s for s in SEEN if not s[0].startswith("/v1/")]
-    assert {s[0] for s in page_files} >= {
+    assert without == [f"{secured}/v1/experiments"], without
+    page_files = [(u, a) for u, a in sent if "/dashboard" in u]
+    assert {u.removeprefix(secured) for u, _ in page_files} >= {
         "/dashboard",
         "/dashboard/static/dashboard.js",
         "/dashboard/static/plotly.min.js",
     }
-    assert all(s[2] == "" for s in page_files)  # the page itself needs no key
-    assert not any(READ_KEY in s[0] or READ_KEY in s[1] for s in SEEN)  # never in a URL
-    # 401 answers are logged by Chromium as failed resources; nothing else may fail
+    assert all(a is None for _, a in page_files)  # the page itself needs no key
+    assert not any(READ_KEY in u for u, _ in sent)  # never in a URL
+    # Chromium logs each 401 answer as a failed resource; nothing else may fail
     others = [e for e in errors if "status of 401" not in e]
     assert others == [], others
+
+
+def test_a_key_without_the_read_scope_is_asked_to_be_replaced(
+    secured: str, browser: Browser
+) -> None:
+    with opened(browser, "about:blank") as (page, errors):
+        # the tab already holds a key that may only predict
+        page.add_init_script(f"sessionStorage.setItem('bandit-serve.api-key', '{PREDICT_KEY}')")
+        page.goto(f"{secured}/dashboard")
+        expect(page.locator("#auth")).to_be_visible(timeout=10_000)
+        expect(page.locator("#auth-error")).to_contain_text("read scope")
+        assert page.evaluate("sessionStorage.getItem('bandit-serve.api-key')") is None
+        page.locator("#auth-key").fill(READ_KEY)
+        page.locator("#auth-form button").click()
+        expect(page.locator("#exp-name")).not_to_have_text("", timeout=10_000)
+    assert [e for e in errors if "status of 403" not in e] == []
 
 
 def test_the_page_and_its_files_are_served_with_a_policy_and_compressed(demo: Demo) -> None:
