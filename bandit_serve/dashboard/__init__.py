@@ -100,10 +100,12 @@ async def _respond(request: Request, name: str, extra: dict[str, str] | None = N
             else "no such dashboard file"
         )
         return Response(detail, status_code=404, media_type="text/plain")
-    headers = {**_COMMON_HEADERS, "ETag": asset.etag, "Vary": "Accept-Encoding", **(extra or {})}
-    if asset.etag in request.headers.get("if-none-match", ""):
+    gzipped = "gzip" in request.headers.get("accept-encoding", "")
+    etag = f'{asset.etag[:-1]}-gzip"' if gzipped else asset.etag  # one tag per encoding
+    headers = {**_COMMON_HEADERS, "ETag": etag, "Vary": "Accept-Encoding", **(extra or {})}
+    if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    if "gzip" in request.headers.get("accept-encoding", ""):
+    if gzipped:
         headers["Content-Encoding"] = "gzip"
         return Response(asset.gzipped, media_type=asset.media_type, headers=headers)
     return Response(asset.body, media_type=asset.media_type, headers=headers)
