@@ -34,7 +34,9 @@ experiment_app = typer.Typer(
     help="Act on an experiment (pause, resume, promote, reset) or read its audit log.",
     no_args_is_help=True,
 )
+keys_app = typer.Typer(help="API keys: make a new one.", no_args_is_help=True)
 app.add_typer(arm_app, name="arm")
+app.add_typer(keys_app, name="keys")
 app.add_typer(experiment_app, name="experiment")
 
 URL_OPTION = typer.Option(help="Service URL.", envvar="BANDIT_SERVE_URL")
@@ -283,10 +285,14 @@ def run(
     model_timeout_s: Annotated[float, _opt("model_timeout_s", min=0.001)] = _RUN[
         "model_timeout_s"
     ].default,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Serve without an auth section on a non-loopback address."),
+    ] = False,
 ) -> None:
     """Serve the config's experiments on Ray Serve until Ctrl-C (redeploys on file change)."""
     from bandit_serve.errors import BanditServeError
-    from bandit_serve.service.runner import run_service
+    from bandit_serve.service.runner import supervise
 
     args = AppArgs(
         config=str(config),
@@ -298,12 +304,26 @@ def run(
         retry_after_s=retry_after_s,
         model_timeout_s=model_timeout_s,
     )
-    try:
-        run_service(args, host=host, port=port, address=address)
+    from bandit_serve.config import load_config
+    from bandit_serve.service.runner import check_exposure
+
+    try:  # the quick checks here, before a child and Ray start
+        check_exposure(load_config(config), host, insecure)
     except BanditServeError as err:
         raise fail(str(err)) from None
+    options = {
+        "args": args.model_dump(),
+        "host": host,
+        "port": port,
+        "address": address,
+        "insecure": insecure,
+    }
+    code = supervise(options)
+    if code:
+        raise typer.Exit(code)
 
 
+SCOPE_HELP = "scopes are predict:<experiment|*>, reward:<experiment|*>, read, admin"
 API_KEY_HELP = "API key, sent as a Bearer header (when the service has auth on)."
 ApiKey = Annotated[str | None, typer.Option(help=API_KEY_HELP, envvar="BANDIT_SERVE_API_KEY")]
 
@@ -487,31 +507,30 @@ _ANALYSIS_COLUMNS: tuple[tuple[str, Callable[[AnalysisArm], str]], ...] = (
 )
 
 
-def _request(method: str, url: str, path: str, **kw: Any) -> Any:
-    """One call to the service; a refusal or an unreachable service exits with its reason."""
-    import httpx
+def _client(url: str, api_key: str | None) -> Any:
+    from bandit_serve.client import Client
+
+    return Client(url, api_key=api_key, retries=2)
+
+
+def _call(url: str, api_key: str | None, what: Callable[[Any], Any]) -> Any:
+    """One call through the Python client; a refusal or an unreachable service exits with
+    its reason in one line."""
+    from bandit_serve.client import ApiError, ClientError
 
     try:
-        r = httpx.request(method, f"{url.rstrip('/')}{path}", timeout=30, **kw)
-    except httpx.HTTPError as err:
+        with _client(url, api_key) as c:
+            return what(c)
+    except ApiError as err:
+        raise fail(f"{err.status}: {err.detail}") from None
+    except ClientError as err:
         raise fail(f"cannot reach {url}: {err}") from None
-    try:
-        body = r.json()
-    except ValueError:
-        body = {"detail": r.text[:300]}
-    if r.status_code != 200:
-        raise fail(f"{r.status_code}: {body.get('detail', body)}")
-    return body
 
 
-def _acted(body: dict[str, Any], what: str) -> None:
-    change = "done" if body["changed"] else "nothing to do (already so)"
-    arms = ", ".join(f"{a} {s}" for a, s in body["arms"].items())
-    typer.echo(f"{what}: {change}. Experiment {body['state']}; arms: {arms}")
-
-
-def _reason(reason: str | None) -> dict[str, Any]:
-    return {"json": {"reason": reason}} if reason else {}
+def _acted(result: Any, what: str) -> None:
+    change = "done" if result.changed else "nothing to do (already so)"
+    arms = ", ".join(f"{a} {s}" for a, s in result.arms.items())
+    typer.echo(f"{what}: {change}. Experiment {result.state}; arms: {arms}")
 
 
 Reason = Annotated[str | None, typer.Option(help="Why (kept in the audit log).")]
@@ -520,42 +539,48 @@ Url = Annotated[str, URL_OPTION]
 
 @arm_app.command("rollback")
 def arm_rollback(
-    experiment: str, arm: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+    experiment: str,
+    arm: str,
+    reason: Reason = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """Stop routing to ARM (its pending rewards still count). Not the baseline."""
-    body = _request(
-        "POST", url, f"/v1/experiments/{experiment}/arms/{arm}/rollback", **_reason(reason)
-    )
-    _acted(body, f"roll back {arm}")
+    _acted(_call(url, api_key, lambda c: c.rollback(experiment, arm, reason)), f"roll back {arm}")
 
 
 @arm_app.command("restore")
 def arm_restore(
-    experiment: str, arm: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+    experiment: str,
+    arm: str,
+    reason: Reason = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """Route to a rolled-back ARM again (its guardrail statistics start from now)."""
-    body = _request(
-        "POST", url, f"/v1/experiments/{experiment}/arms/{arm}/restore", **_reason(reason)
-    )
-    _acted(body, f"restore {arm}")
+    _acted(_call(url, api_key, lambda c: c.restore(experiment, arm, reason)), f"restore {arm}")
 
 
 @experiment_app.command("pause")
 def experiment_pause(
-    experiment: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+    experiment: str,
+    reason: Reason = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """All traffic to the baseline; decisions are still logged and rewardable."""
-    _acted(_request("POST", url, f"/v1/experiments/{experiment}/pause", **_reason(reason)), "pause")
+    _acted(_call(url, api_key, lambda c: c.pause(experiment, reason)), "pause")
 
 
 @experiment_app.command("resume")
 def experiment_resume(
-    experiment: str, reason: Reason = None, url: Url = "http://127.0.0.1:8000"
+    experiment: str,
+    reason: Reason = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """The policy routes again."""
-    _acted(
-        _request("POST", url, f"/v1/experiments/{experiment}/resume", **_reason(reason)), "resume"
-    )
+    _acted(_call(url, api_key, lambda c: c.resume(experiment, reason)), "resume")
 
 
 @experiment_app.command("promote")
@@ -564,13 +589,11 @@ def experiment_promote(
     arm: Annotated[str | None, typer.Argument(help="The arm (a canary may leave it out).")] = None,
     reason: Reason = None,
     url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """All traffic to ARM; the other arms retire."""
-    payload: dict[str, Any] = {"arm": arm}
-    if reason:
-        payload["reason"] = reason
-    body = _request("POST", url, f"/v1/experiments/{experiment}/promote", json=payload)
-    _acted(body, f"promote {arm or 'the candidate'}")
+    result = _call(url, api_key, lambda c: c.promote(experiment, arm, reason))
+    _acted(result, f"promote {arm or 'the candidate'}")
 
 
 @experiment_app.command("reset")
@@ -581,19 +604,14 @@ def experiment_reset(
     ] = False,
     reason: Reason = None,
     url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """A fresh start: statistics from zero, old event ids unknown (statuses and the audit
     log stay). Needs --yes."""
     if not yes:
         raise fail(f"reset discards every statistic of {experiment}; add --yes to confirm")
-    body = _request(
-        "POST",
-        url,
-        f"/v1/experiments/{experiment}/reset",
-        params={"confirm": experiment},
-        **_reason(reason),
-    )
-    _acted(body, "reset")
+    result = _call(url, api_key, lambda c: c.reset(experiment, confirm=experiment, reason=reason))
+    _acted(result, "reset")
 
 
 @experiment_app.command("events")
@@ -602,20 +620,56 @@ def experiment_events(
     since: Annotated[str | None, typer.Option(help="Only events after this id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
     url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
 ) -> None:
     """The audit log: who changed what, when and why."""
     import datetime as dt
 
-    params: dict[str, Any] = {"limit": limit}
-    if since:
-        params["since"] = since
-    body = _request("GET", url, f"/v1/experiments/{experiment}/events", params=params)
-    if not body["events"]:
+    events = _call(url, api_key, lambda c: c.events(experiment, since, limit))
+    if not events:
         typer.echo("no events")
-    for e in body["events"]:
-        when = dt.datetime.fromtimestamp(e["time"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        arm = f" {e['arm']}" if e["arm"] else ""
-        typer.echo(f"{e['id']}  {when}Z  {e['kind']}{arm} by {e['actor']}: {e['reason']}")
+    for e in events:
+        when = dt.datetime.fromtimestamp(e.time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        arm = f" {e.arm}" if e.arm else ""
+        typer.echo(f"{e.id}  {when}Z  {e.kind}{arm} by {e.actor}: {e.reason}")
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="The key's name (the actor in the audit log).")],
+    scopes: Annotated[
+        list[str],
+        typer.Option(
+            "--scopes",
+            help="predict:<experiment|*>, reward:<experiment|*>, read, admin (repeat, or "
+            "comma-separated).",
+        ),
+    ],
+    rate_per_second: Annotated[
+        float | None, typer.Option(min=0.001, help="A quota shared by all replicas.")
+    ] = None,
+) -> None:
+    """Make a new API key: prints the key (give it to its user; it is shown once) and the
+    line for the config's ``auth.keys`` (which holds only its SHA-256)."""
+    import re
+    import secrets
+
+    from bandit_serve.config import NAME_PATTERN, key_digest
+    from bandit_serve.config.auth import SCOPE_PATTERN
+
+    if not re.match(NAME_PATTERN, name):
+        raise fail(f"key name {name!r} must match {NAME_PATTERN}")
+    wanted = [x.strip() for s in scopes for x in s.split(",") if x.strip()]
+    bad = [x for x in wanted if not re.match(SCOPE_PATTERN, x)]
+    if bad or not wanted:
+        raise fail(f"unknown scope(s) {', '.join(bad) or '(none given)'}; {SCOPE_HELP}")
+    key = "bsk_" + secrets.token_urlsafe(32)
+    line = f'- {{name: {name}, sha256: "{key_digest(key)}", scopes: [{", ".join(wanted)}]'
+    if rate_per_second is not None:
+        line += f", rate_per_second: {rate_per_second:g}"
+    typer.echo(f"key: {key}")
+    typer.echo("add under auth.keys in the config (the key itself is not stored anywhere):")
+    typer.echo(f"  {line}}}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 import redis
 
 from tests.conftest import free_port
@@ -19,20 +21,36 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_run_starts_local_redis_serves_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
+ONE = (
+    "experiments:\n"
+    "  - name: one\n"
+    "    arms:\n"
+    "      - {name: a, model: 'tests.fixtures.models:echo_a'}\n"
+    "      - {name: b, model: 'tests.fixtures.models:echo_b'}\n"
+    "    policy: {kind: epsilon_greedy, epsilon: 0.5}\n"
+    "    reward: {kind: bernoulli}\n"
+)
+
+
+def _session(sid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                out.append(p)
+        except (ProcessLookupError, psutil.Error, PermissionError):
+            continue
+    return out
+
+
+def _start(
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int, str]:
+    """`bandit-serve run` as systemd would start it: the leader of a session of its own."""
     config = tmp_path / "one.yaml"
-    config.write_text(
-        "experiments:\n"
-        "  - name: one\n"
-        "    arms:\n"
-        "      - {name: a, model: 'tests.fixtures.models:echo_a'}\n"
-        "      - {name: b, model: 'tests.fixtures.models:echo_b'}\n"
-        "    policy: {kind: epsilon_greedy, epsilon: 0.5}\n"
-        "    reward: {kind: bernoulli}\n"
-    )
+    config.write_text(ONE)
     http_port, redis_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -46,53 +64,119 @@ def test_run_starts_local_redis_serves_and_cleans_up_on_sigterm(tmp_path: Path) 
             redis_url,
             "--router-replicas",
             "1",
+            *extra,
         ],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
-    children: list[psutil.Process] = []
+    return proc, http_port, redis_url
+
+
+def _wait_up(proc: subprocess.Popen[str], http_port: int) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            r = httpx.post(
+                f"http://127.0.0.1:{http_port}/v1/experiments/one/predict",
+                json={"inputs": 1},
+                timeout=5,
+            )
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    out, _ = proc.communicate(timeout=30)
+    raise AssertionError(f"the service did not come up:\n{out[-3000:]}")
+
+
+@pytest.mark.parametrize("target", ["driver", "group"])
+def test_run_serves_and_sigterm_stops_everything_it_started(tmp_path: Path, target: str) -> None:
+    """SIGTERM to the command, or to its whole process group (systemd, Kubernetes): every
+    process it started (Ray's, the replicas, the Redis it started) is gone within 15 s.
+    A stale RAY_ADDRESS in the environment is ignored: run without --address is local."""
+    proc, http_port, redis_url = _start(tmp_path, env={"RAY_ADDRESS": "127.0.0.1:1"})
+    started: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 180
-        ok = False
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                r = httpx.post(
-                    f"http://127.0.0.1:{http_port}/v1/experiments/one/predict",
-                    json={"inputs": 1},
-                    timeout=5,
-                )
-                if r.status_code == 200:
-                    ok = True
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        assert ok, "the service did not come up"
+        _wait_up(proc, http_port)
         assert redis.Redis.from_url(redis_url).ping()  # the Redis it started itself
-        assert (tmp_path / "var" / "redis" / "appendonly.aof").exists() or any(
-            (tmp_path / "var" / "redis").glob("appendonly*")
-        )
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert any("redis-server" in " ".join(c.cmdline()) for c in children)
-        assert any(
-            "raylet" in " ".join(c.cmdline()) or "gcs_server" in " ".join(c.cmdline())
-            for c in children
-        )
+        assert any((tmp_path / "var" / "redis").glob("appendonly*"))
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in started)
+        assert "redis-server" in names and ("raylet" in names or "gcs_server" in names)
+        assert any(os.getsid(c.pid) != proc.pid for c in started)  # the service's own session
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "bandit-serve stopped" in out
-    _, alive = psutil.wait_procs(children, timeout=30)
+        if target == "driver":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        began = time.monotonic()
+        out, _ = proc.communicate(timeout=60)
+    stopped_in = time.monotonic() - began
+    _, alive = psutil.wait_procs(started, timeout=max(0.1, 15 - stopped_in))
     assert not alive, [p.cmdline() for p in alive]
+    assert proc.returncode == 0, out[-3000:]
+    assert "bandit-serve stopped" in out
+    assert stopped_in < 15, stopped_in
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
         raise AssertionError("the Redis the command started is still running")
     except redis.ConnectionError:
         pass
+
+
+def test_a_port_in_use_and_an_unreachable_cluster_are_one_line_each(tmp_path: Path) -> None:
+    config = tmp_path / "one.yaml"
+    config.write_text(ONE)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "bandit_serve.cli", "run", str(config), "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in r.stderr and "--port" in r.stderr
+    began = time.monotonic()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bandit_serve.cli",
+            "run",
+            str(config),
+            "--port",
+            str(free_port()),
+            "--address",
+            f"127.0.0.1:{free_port()}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - began < 30
+    assert r.returncode == 2 and "no Ray cluster answers at 127.0.0.1:" in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "bandit_serve.cli", "run", str(config), "--host", "0.0.0.0"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "refusing to serve without an auth section on 0.0.0.0" in r.stderr
 
 
 def test_run_without_redis_server_says_how_to_install(tmp_path: Path) -> None:

@@ -1,28 +1,46 @@
 """``bandit-serve run``: Ray, Redis and the Serve app, until Ctrl-C or SIGTERM.
 
-The steps, each its own function: check the config and start a local Redis when needed
-(:func:`_local_redis`), start or join Ray (:func:`_start_ray`), deploy (:func:`_deploy`),
-redeploy when the config file changes (:func:`_watch`), and stop everything it started.
+Two processes. The one the user started is a supervisor (:func:`supervise`): it checks
+the config, then runs the service in a child of its own session and forwards SIGINT and
+SIGTERM to it. So a SIGTERM to the supervisor's whole process group (what systemd and
+Kubernetes send) reaches the supervisor only, and the child shuts Serve, Ray and Redis
+down in order; whatever is still alive in the child's session 15 s later is killed.
+
+The child (:func:`run_service`), step by step: start a local Redis when needed
+(:func:`_local_redis`), start Ray locally or join a cluster (:func:`_start_ray`), deploy
+(:func:`_deploy`), redeploy when the config file changes (:func:`_watch`), stop
+everything it started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bandit_serve.config import AppConfig, load_config
-from bandit_serve.errors import ConfigError
+from bandit_serve.errors import BanditServeError, ConfigError
 from bandit_serve.service.options import AppArgs, resolve_redis_url
 from bandit_serve.service.redis_local import LocalRedis, ensure_redis
+from bandit_serve.store.connection import redact
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["APP_NAME", "run_service"]
+__all__ = ["APP_NAME", "LOOPBACK", "STOP_SECONDS", "check_exposure", "run_service", "supervise"]
+
+STOP_SECONDS = 15.0  # after a stop signal, what is still alive then is killed
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 APP_NAME = "bandit-serve"
 log = logging.getLogger("bandit_serve")
@@ -35,27 +53,93 @@ def _local_redis(url: str, address: str | None, data_dir: Path, echo: bool) -> L
         return None
     local = ensure_redis(url, data_dir.resolve() / "redis")
     if local is not None and echo:
-        print(f"started redis-server for {url} (data in {local.data_dir})", flush=True)
+        print(f"started redis-server for {redact(url)} (data in {local.data_dir})", flush=True)
     return local
+
+
+def _reachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why the Ray cluster at ``address`` cannot be joined (None when a port answers)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return f"--address {address!r} is not HOST:PORT or ray://HOST:PORT"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"no Ray cluster answers at {address} ({err.strerror or err})"
+
+
+def _port_free(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served on (None when it is free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            return (
+                f"cannot serve on {host}:{port}: {err.strerror or err} (another process "
+                "uses it? pick another with --port)"
+            )
+    return None
 
 
 def _start_ray(address: str | None, stop: threading.Event) -> None:
     import ray
 
     if address is None:
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+        # "local": always a Ray instance of our own, never one an earlier `ray start`
+        # recorded on this machine (which may be gone: ray.init would wait on it forever)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 2,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     else:
+        problem = _reachable(address)
+        if problem is not None:
+            raise BanditServeError(problem)
         ray.init(address=address, log_to_driver=False)
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
 
 
 def _deploy(args: AppArgs) -> None:
+    """Deploy the app; a deployment that fails to start is one line naming it."""
     from ray import serve
 
     from bandit_serve.service.serve_app import build_app
 
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    try:
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    except Exception as err:
+        raise BanditServeError(_deploy_failure(err)) from None
+
+
+def _deploy_failure(err: BaseException) -> str:
+    """What failed, in one line: the deployment (the arm, for a model) and its cause."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:
+        app = None
+    if app is not None:
+        for name, d in app.deployments.items():
+            if str(d.status) in ("UNHEALTHY", "DEPLOY_FAILED") or "FAIL" in str(d.status):
+                what = name.removeprefix("model-").replace("-", " arm ", 1)
+                who = f"the model of experiment {what}" if name.startswith("model-") else name
+                return f"{who} did not start: {_last_line(d.message)}"
+        if app.message:
+            return f"the app did not start: {_last_line(app.message)}"
+    return f"the app did not start: {_last_line(str(err))}"
+
+
+def _last_line(text: str) -> str:
+    """The most telling line of a traceback-bearing message (its last non-empty one)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else "no reason given")[:300]
 
 
 def _watch(
@@ -92,11 +176,21 @@ def _shutdown(local: LocalRedis | None) -> None:
             local.stop()
 
 
+def check_exposure(cfg: AppConfig, host: str, insecure: bool) -> None:
+    """Refuse to serve an open API (no ``auth`` section) beyond this machine."""
+    if cfg.auth is None and host not in LOOPBACK and not insecure:
+        raise BanditServeError(
+            f"refusing to serve without an auth section on {host}: add API keys "
+            "(bandit-serve keys new NAME --scopes ...) or pass --insecure"
+        )
+
+
 def _banner(cfg: AppConfig, host: str, port: int, url: str) -> str:
     names = ", ".join(e.name for e in cfg.experiments)
+    auth = "auth on" if cfg.auth is not None else "no auth (open API)"
     return (
-        f"bandit-serve is up on http://{host}:{port} (experiments: {names}); "
-        f"Redis {url}. Ctrl-C stops."
+        f"bandit-serve is up on http://{host}:{port} (experiments: {names}; {auth}); "
+        f"Redis {redact(url)}. Ctrl-C stops."
     )
 
 
@@ -106,6 +200,7 @@ def run_service(
     host: str = "127.0.0.1",
     port: int = 8000,
     address: str | None = None,
+    insecure: bool = False,
     data_dir: Path = Path("var"),
     watch_interval: float = 1.0,
     echo: bool = True,
@@ -113,8 +208,14 @@ def run_service(
     """Deploy ``args.config`` and block; redeploy when the file changes; clean up on exit."""
     config = Path(args.config)
     cfg = load_config(config)  # fail early, before starting anything
+    check_exposure(cfg, host, insecure)
+    problem = _port_free(host, port)
+    if problem is not None:
+        raise BanditServeError(problem)
     url = resolve_redis_url(args.redis_url, cfg)
     args = args.model_copy(update={"redis_url": url})
+    if redact(url) != url:  # a secret: replicas inherit it from the environment, never
+        os.environ["REDIS_URL"] = url  # from Serve's stored deployment arguments
     local = _local_redis(url, address, data_dir, echo)
     stop = threading.Event()
     try:
@@ -130,3 +231,81 @@ def run_service(
         _shutdown(local)
         if echo:
             print("bandit-serve stopped", flush=True)
+
+
+# -- the supervisor -----------------------------------------------------------------------
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes of session ``sid`` (Linux /proc), the leader included."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            out.append(int(entry))
+    return out
+
+
+def _kill_session(sid: int) -> int:
+    """SIGKILL every process of session ``sid``; returns how many there were."""
+    members = _session_members(sid)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(members)
+
+
+def supervise(options: dict[str, Any], stop_seconds: float = STOP_SECONDS) -> int:
+    """Run :func:`run_service` in a child of its own session; forward SIGINT/SIGTERM to it;
+    after a stop signal, kill what is left of that session after ``stop_seconds``.
+    Returns the child's exit code."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bandit_serve.service.runner", json.dumps(options)],
+        start_new_session=True,
+    )
+    stopping: list[float] = []
+
+    def forward(sig: int, _: Any) -> None:
+        if not stopping:
+            stopping.append(time.monotonic())
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = child.wait(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > stop_seconds:
+                left = _kill_session(child.pid)
+                print(f"bandit-serve: {left} processes did not stop in time; killed", flush=True)
+                code = child.wait()
+                break
+    # the session's stragglers (a worker that outlived Ray's shutdown): never leave them
+    _kill_session(child.pid)
+    return code
+
+
+def _child(raw: str) -> int:
+    from bandit_serve.errors import BanditServeError
+
+    options = json.loads(raw)
+    args = AppArgs.model_validate(options.pop("args"))
+    try:
+        run_service(args, **options)
+    except BanditServeError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

@@ -28,8 +28,10 @@ from bandit_serve.config import MODEL_REF, AppConfig, load_config
 from bandit_serve.service.core import BanditService
 from bandit_serve.service.http import create_api
 from bandit_serve.service.models import InputContract, LoadedModel
+from bandit_serve.service.options import DEFAULT_REDIS_URL as DEFAULT_URL
 from bandit_serve.service.options import AppArgs, resolve_redis_url
 from bandit_serve.store import RedisStore
+from bandit_serve.store.connection import redact
 
 __all__ = ["AppArgs", "BanditRouter", "ModelVersion", "build_app", "model_deployment_name"]
 
@@ -117,9 +119,15 @@ class BanditRouter:
     """
 
     def __init__(
-        self, handles: dict[str, DeploymentHandle[Any]], redis_url: str, model_timeout: float
+        self,
+        handles: dict[str, DeploymentHandle[Any]],
+        redis_url: str | None,
+        model_timeout: float,
     ) -> None:
-        self.store = RedisStore.from_url(redis_url)
+        # None: the URL carries a secret, and the replica reads it from its environment
+        # (REDIS_URL, inherited from `bandit-serve run` or set on the cluster's nodes)
+        # rather than from Serve's stored deployment arguments.
+        self.store = RedisStore.from_url(redis_url or os.environ.get("REDIS_URL", DEFAULT_URL))
         self.caller = _HandleCaller(handles)
         self.model_timeout = model_timeout
         self.service: BanditService | None = None
@@ -169,4 +177,10 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=args.retry_after_s),
-    ).bind(handles, resolve_redis_url(args.redis_url, cfg), args.model_timeout_s)
+    ).bind(handles, _shareable(resolve_redis_url(args.redis_url, cfg)), args.model_timeout_s)
+
+
+def _shareable(url: str) -> str | None:
+    """The URL to bind into the app, or None when it holds credentials: Serve keeps its
+    deployment arguments in the controller's checkpoint and shows them in its status."""
+    return url if redact(url) == url else None
