@@ -79,7 +79,7 @@ def test_every_policy_is_deterministic_for_a_seed(kind: str) -> None:
     np.testing.assert_array_equal(f1.arms, f2.arms)
 
 
-@pytest.mark.parametrize("kind", sorted(set(POLICIES) - {"fixed"}))
+@pytest.mark.parametrize("kind", sorted(k for k, cls in POLICIES.items() if cls.adaptive))
 def test_every_learning_policy_decides_each_row_from_its_own_state(kind: str) -> None:
     # Row r has arm r % 3 clearly best: a learning policy follows each row's state.
     rows = 300
@@ -235,3 +235,19 @@ def test_frozen_distribution_samples_with_exact_propensities(kind: str) -> None:
         np.bincount(d.arms, minlength=4) / 20_000, frozen.probabilities, atol=0.015
     )  # ~4 SE at n = 20,000
     np.testing.assert_array_equal(d.propensities, frozen.probabilities[d.arms])
+
+
+def test_traits_agree_with_what_each_policy_does() -> None:
+    """A non-adaptive policy ignores rewards; a policy declaring the unit interval is one
+    the configs rescale bounded rewards for."""
+    st_a = ArmStats.from_arrays(count=[[50, 50]], total=[[5, 45]])
+    st_b = ArmStats.from_arrays(count=[[50, 50]], total=[[45, 5]])
+    for kind, cls in POLICIES.items():
+        p = make(kind)
+        same = np.allclose(
+            p.probabilities(st_a, np.random.default_rng(0)),
+            p.probabilities(st_b, np.random.default_rng(0)),
+        )
+        assert same == (not cls.adaptive), kind
+        assert cls.reward_kinds, kind
+        assert cls.fit_problem(next(iter(cls.reward_kinds))) is None

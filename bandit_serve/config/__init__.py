@@ -31,6 +31,8 @@ from bandit_serve.config.loading import (
 )
 from bandit_serve.config.models import MODEL_REF, CallableModel, ModelRef, SklearnModel
 from bandit_serve.config.policies import (
+    CanaryConfig,
+    CanaryStep,
     EpsilonGreedyConfig,
     FixedConfig,
     GaussianThompsonConfig,
@@ -39,6 +41,12 @@ from bandit_serve.config.policies import (
     PolicyConfigBase,
     ThompsonConfig,
     UCB1Config,
+)
+from bandit_serve.config.rollout import (
+    AssignmentConfig,
+    LayerConfig,
+    ShadowArmConfig,
+    ShadowConfig,
 )
 from bandit_serve.config.safety import (
     LATENCY_RESOLUTION,
@@ -57,9 +65,12 @@ __all__ = [
     "ApiKeyConfig",
     "AppConfig",
     "ArmConfig",
+    "AssignmentConfig",
     "AuthConfig",
     "BucketConfig",
     "CallableModel",
+    "CanaryConfig",
+    "CanaryStep",
     "EpsilonGreedyConfig",
     "ExperimentConfig",
     "FixedConfig",
@@ -67,12 +78,15 @@ __all__ = [
     "GuardrailRule",
     "GuardrailsConfig",
     "KLUCBConfig",
+    "LayerConfig",
     "ModelRef",
     "Name",
     "NotifyConfig",
     "PolicyConfig",
     "PolicyConfigBase",
     "RewardSpec",
+    "ShadowArmConfig",
+    "ShadowConfig",
     "SklearnModel",
     "Strict",
     "ThompsonConfig",

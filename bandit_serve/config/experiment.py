@@ -9,7 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from bandit_serve.config.auth import AuthConfig
 from bandit_serve.config.base import Name, Strict, require_unique
 from bandit_serve.config.models import ModelRef, model_shorthand
-from bandit_serve.config.policies import PolicyConfig
+from bandit_serve.config.policies import CanaryConfig, PolicyConfig
+from bandit_serve.config.rollout import AssignmentConfig, LayerConfig, ShadowConfig
 from bandit_serve.config.safety import GuardrailsConfig, NotifyConfig
 from bandit_serve.policies import Policy
 from bandit_serve.store.base import ExperimentSettings
@@ -142,6 +143,9 @@ class ExperimentConfig(Strict):
         None, description="JSON Schema every request's inputs must match (422 otherwise)."
     )
     notify: NotifyConfig | None = None
+    assignment: AssignmentConfig | None = None
+    layer: LayerConfig | None = None
+    shadow: ShadowConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -157,7 +161,30 @@ class ExperimentConfig(Strict):
             raise ValueError("guardrails compare arms with a baseline: they need at least 2 arms")
         if self.input_schema is not None:
             _check_schema(self.input_schema)
+        if isinstance(self.policy, CanaryConfig):
+            self._check_canary(self.policy)
+        if self.shadow is not None:
+            clash = sorted({a.name for a in self.shadow.arms} & set(self.arm_names))
+            if clash:
+                raise ValueError(f"shadow arms must not be arms too: {', '.join(clash)}")
+            require_unique([a.name for a in self.shadow.arms], "shadow arm names")
         return self
+
+    def _check_canary(self, c: CanaryConfig) -> None:
+        if c.candidate not in self.arm_names:
+            raise ValueError(
+                f"policy.candidate {c.candidate!r} is not an arm; arms: {', '.join(self.arm_names)}"
+            )
+        if c.candidate == self.baseline_arm:
+            raise ValueError(
+                f"policy.candidate {c.candidate!r} is the baseline; name the baseline with "
+                "baseline: <arm>"
+            )
+        if self.guardrails is None or self.guardrails.on_violation != "rollback":
+            raise ValueError(
+                "a canary needs guardrails with on_violation: rollback (they decide whether "
+                "a step may advance and roll the candidate back)"
+            )
 
     @property
     def baseline_arm(self) -> str:
@@ -208,6 +235,12 @@ class AppConfig(Strict):
     @model_validator(mode="after")
     def _unique(self) -> Self:
         require_unique([e.name for e in self.experiments], "experiment names")
+        from bandit_serve.assignment import Layer, check_layers
+
+        claims = {e.name: Layer(e.layer.name, *e.layer.range) for e in self.experiments if e.layer}
+        problems = check_layers(claims)
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.auth is not None:
             unknown = sorted(self.auth.experiments_named() - {e.name for e in self.experiments})
             if unknown:

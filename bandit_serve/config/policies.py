@@ -11,15 +11,17 @@ class here (and in the union below), and its entry in ``bandit_serve.policies.PO
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import itertools
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from bandit_serve.config.base import Strict
+from bandit_serve.config.base import Name, Strict
 from bandit_serve.policies import (
     KLUCB,
     UCB1,
     BetaThompson,
+    Canary,
     EpsilonGreedy,
     FixedWeights,
     GaussianThompson,
@@ -27,6 +29,8 @@ from bandit_serve.policies import (
 )
 
 __all__ = [
+    "CanaryConfig",
+    "CanaryStep",
     "EpsilonGreedyConfig",
     "FixedConfig",
     "GaussianThompsonConfig",
@@ -134,12 +138,54 @@ class FixedConfig(PolicyConfigBase):
         return problems
 
 
+class CanaryStep(Strict):
+    """One step of a rollout: the candidate's share, and what it must show before the
+    next step (calls to the candidate and time in the step, paused time excluded)."""
+
+    weight: float = Field(gt=0, le=1, allow_inf_nan=False)
+    min_calls: int = Field(0, ge=0)
+    min_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class CanaryConfig(PolicyConfigBase):
+    """A staged rollout of ``candidate`` against the experiment's baseline."""
+
+    policy_class: ClassVar[type[Policy]] = Canary
+    kind: Literal["canary"]
+    candidate: Name
+    steps: list[CanaryStep] = Field(min_length=1, max_length=32)
+    promote: Literal["auto", "manual"] = Field(
+        "auto", description="auto: all traffic after the last step passes; manual: wait."
+    )
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Self:
+        w = [s.weight for s in self.steps]
+        if any(b <= a for a, b in itertools.pairwise(w)):
+            raise ValueError(f"steps' weights must increase; got {', '.join(f'{x:g}' for x in w)}")
+        return self
+
+    def build(self) -> Policy:
+        """The split of the first step (the router follows the schedule's current step)."""
+        return Canary(candidate=1, weight=self.steps[0].weight, min_share=self.min_share)
+
+    def fit_problems(self, reward_kind: str, arms: int, where: str = "policy") -> list[str]:
+        problems = super().fit_problems(reward_kind, arms, where)
+        if arms != 2:
+            problems.append(
+                f"{where}: a canary routes between the baseline and one candidate: it needs "
+                f"exactly 2 arms; got {arms} (put other versions under shadow)"
+            )
+        return problems
+
+
 PolicyConfig = Annotated[
     ThompsonConfig
     | GaussianThompsonConfig
     | UCB1Config
     | KLUCBConfig
     | EpsilonGreedyConfig
-    | FixedConfig,
+    | FixedConfig
+    | CanaryConfig,
     Field(discriminator="kind"),
 ]

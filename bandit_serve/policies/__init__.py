@@ -12,6 +12,7 @@ from bandit_serve.policies.base import (
     Policy,
     sample_categorical,
 )
+from bandit_serve.policies.canary import Canary
 from bandit_serve.policies.epsilon_greedy import EpsilonGreedy
 from bandit_serve.policies.fixed import FixedWeights
 from bandit_serve.policies.thompson import BetaThompson, GaussianThompson
@@ -23,6 +24,7 @@ __all__ = [
     "UCB1",
     "ArmStats",
     "BetaThompson",
+    "Canary",
     "Decision",
     "EpsilonGreedy",
     "FixedWeights",
@@ -37,5 +39,5 @@ __all__ = [
 
 POLICIES: dict[str, type[Policy]] = {
     cls.kind: cls
-    for cls in (BetaThompson, GaussianThompson, UCB1, KLUCB, EpsilonGreedy, FixedWeights)
+    for cls in (BetaThompson, GaussianThompson, UCB1, KLUCB, EpsilonGreedy, FixedWeights, Canary)
 }

@@ -35,6 +35,7 @@ __all__ = [
     "Transition",
     "alert",
     "config_changed",
+    "ensure_salt",
     "pause",
     "promote",
     "reset",
@@ -47,6 +48,8 @@ __all__ = [
 ALERT = "alert:"  # alert:<arm>|<rule id> -> time of the alert (one alert per episode)
 VIOLATIONS = "viol:"  # viol:<arm>|<rule id> -> violations acted upon (a counter)
 CONFIG = "config"  # a digest of the config last announced
+PAUSED_AT = "paused_at"  # when the current pause began (a canary's clock stops)
+SALT = "salt"  # the experiment's assignment salt, when the config gives none
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,8 @@ def pause(ctl: Control, *, actor: str, reason: str = "") -> Transition:
     if ctl.state is ExperimentState.PROMOTED:
         raise ActionRefused("the experiment is promoted; roll the promoted arm back first")
     event = _event("pause", None, actor, reason or "paused: all traffic to the baseline")
-    return Transition(ctl.with_items({"state": ExperimentState.PAUSED.value}), (event,))
+    changes = {"state": ExperimentState.PAUSED.value, PAUSED_AT: repr(time.time())}
+    return Transition(ctl.with_items(changes), (event,))
 
 
 def resume(ctl: Control, *, actor: str, reason: str = "") -> Transition:
@@ -185,7 +189,15 @@ def resume(ctl: Control, *, actor: str, reason: str = "") -> Transition:
     if ctl.state is ExperimentState.PROMOTED:
         raise ActionRefused("the experiment is promoted; there is nothing to resume")
     event = _event("resume", None, actor, reason or "resumed: the policy routes again")
-    return Transition(ctl.with_items({"state": ExperimentState.RUNNING.value}), (event,))
+    changes: dict[str, str | None] = {"state": ExperimentState.RUNNING.value, PAUSED_AT: None}
+    paused_at = ctl.get(PAUSED_AT)
+    if paused_at is not None and "canary:step" in ctl.fields:  # the canary's clock stopped
+        since = float(ctl.get("canary:since") or paused_at)
+        paused = float(ctl.get("canary:paused") or "0")
+        changes["canary:paused"] = repr(
+            paused + max(0.0, time.time() - max(float(paused_at), since))
+        )
+    return Transition(ctl.with_items(changes), (event,))
 
 
 def reset(ctl: Control, *, actor: str, reason: str = "") -> Transition:
@@ -219,6 +231,13 @@ def alert(
     changes: dict[str, str | None] = {key: repr(time.time()), **_count_violation(ctl, arm, rule)}
     event = _event("guardrail_alert", arm, actor, reason, {**(details or {}), "rule": rule})
     return Transition(ctl.with_items(changes), (event,))
+
+
+def ensure_salt(ctl: Control, salt: str) -> Transition:
+    """Keep a random assignment salt for every replica (the first one written wins)."""
+    if ctl.get(SALT) is not None:
+        return _unchanged(ctl)
+    return Transition(ctl.with_items({SALT: salt}))
 
 
 def config_changed(ctl: Control, digest: str, *, summary: str) -> Transition:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bandit_serve.config import AppConfig, ExperimentConfig
+from bandit_serve.assignment import (
+    arm_for_bucket,
+    canary_arm,
+    in_range,
+    layer_position,
+    unit_bucket,
+)
+from bandit_serve.config import AppConfig, CanaryConfig, ExperimentConfig
 from bandit_serve.errors import (
     InputRejected,
     ModelError,
@@ -39,8 +47,8 @@ from bandit_serve.errors import (
     UnknownArmError,
     UnknownExperimentError,
 )
-from bandit_serve.policies import ArmStats, FrozenDistribution
-from bandit_serve.safety import actions
+from bandit_serve.policies import ArmStats, Canary, FrozenDistribution
+from bandit_serve.safety import actions, canary
 from bandit_serve.safety.guardrails import Finding, evaluate, latency_summary
 from bandit_serve.service.auth import Authenticator, Limiter
 from bandit_serve.service.models import InputContract
@@ -82,10 +90,11 @@ class Prediction:
     """An answered request: ``prediction_json`` is the model's answer already encoded (so
     an answer that cannot be sent is known before the decision is logged)."""
 
-    event_id: str
+    event_id: str | None
     arm: str
     prediction_json: str
-    propensity: float
+    propensity: float | None
+    in_experiment: bool = True
 
     @property
     def prediction(self) -> Any:
@@ -186,12 +195,33 @@ class ExperimentRouter:
             p[self.arms.index(self.baseline)] = 1.0
             return p
         policy = self.policy.restricted(active)
+        if isinstance(self.cfg.policy, CanaryConfig):  # the schedule's current weight
+            names = [self.arms[i] for i in active]
+            if self.cfg.policy.candidate not in names or len(names) == 1:
+                p[self.arms.index(self.baseline)] = 1.0  # the candidate was rolled back
+                return p
+            policy = Canary(
+                candidate=names.index(self.cfg.policy.candidate),
+                weight=canary.weight(ctl, self.cfg.policy),
+            )
         stats = self.arm_stats(snap.totals, [self.arms[i] for i in active])
         p[active] = policy.probabilities(stats, self.rng)[0]
         return p
 
+    def salt(self) -> str:
+        """The assignment salt: the config's, or the random one kept in the store."""
+        assert self.cfg.assignment is not None
+        if self.cfg.assignment.salt is not None:
+            return self.cfg.assignment.salt
+        kept = None if self.snap is None else self.snap.control.get(actions.SALT)
+        if kept is None:  # refresh writes it before the first snapshot: never here
+            raise StoreError("the experiment's assignment salt is not in the store yet; retry")
+        return kept
+
     async def refresh(self) -> None:
         """Read the experiment from the store and freeze the routing distribution."""
+        if self.announced != self.digest:
+            await self._announce()  # first: the snapshot then has what it wrote (the salt)
         async with self._refresh_lock:
             snap = await self.store.read(self.settings.name)
             p = self.routing(snap)
@@ -199,8 +229,6 @@ class ExperimentRouter:
             self.frozen = FrozenDistribution(p)
             self.expected = {a: float(x) for a, x in zip(self.arms, p, strict=True) if x > 0}
             self.refreshed_at = time.monotonic()
-        if self.announced != self.digest:
-            await self._announce()
 
     async def ensure_fresh(self) -> None:
         if time.monotonic() - self.refreshed_at >= self.cfg.sync_interval_seconds:
@@ -210,6 +238,9 @@ class ExperimentRouter:
         arms = ", ".join(self.arms)
         summary = f"arms {arms}; policy {self.cfg.policy.kind}; baseline {self.baseline}"
         await self.act(lambda ctl: actions.config_changed(ctl, self.digest, summary=summary))
+        if self.cfg.assignment is not None and self.cfg.assignment.salt is None:
+            salt = secrets.token_hex(8)
+            await self.act(lambda ctl: actions.ensure_salt(ctl, salt))
         self.announced = self.digest
 
     # -- requests --------------------------------------------------------------------
@@ -235,8 +266,34 @@ class ExperimentRouter:
                 if problem is not None:
                     raise InputRejected(f"{problem} (the contract of arm {arm!r})")
 
-    async def predict(self, inputs: Any) -> Prediction:
+    def _assigned(self, unit_id: str) -> tuple[str, float] | None:
+        """The arm of a unit by its bucket (fixed splits and canaries: a function of the
+        bucket and the weights), or None when the policy learns (drawn as usual)."""
+        if self.policy.adaptive:
+            return None  # a bandit: sticky assignments need the store (not yet)
+        assert self.frozen is not None
+        p = self.frozen.probabilities
+        try:
+            b = unit_bucket(self.salt(), unit_id)
+        except ValueError as err:
+            raise InputRejected(f"unit_id cannot be hashed: {err}") from None
+        if isinstance(self.cfg.policy, CanaryConfig):
+            cand = self.arms.index(self.cfg.policy.candidate)
+            base = self.arms.index(self.baseline)
+            i = cand if p[cand] > 0 and canary_arm(b, float(p[cand])) else base
+            if p[i] == 0:  # neither gets traffic (e.g. promoted elsewhere): the draw's arm
+                i = int(np.argmax(p))
+        else:
+            i = arm_for_bucket(b, [float(x) for x in p])
+        return self.arms[i], float(p[i])
+
+    async def predict(self, inputs: Any, unit_id: str | None = None) -> Prediction:
         """Check the inputs, choose an arm, call its model, log the decision, answer.
+
+        With a ``layer``, a unit outside the experiment's range (or a request without a
+        ``unit_id``) is served by the baseline and is not in the experiment: nothing is
+        logged. With ``assignment`` and a ``unit_id``, a fixed split or a canary places
+        the unit by its bucket.
 
         Raises InputRejected (nothing logged), StoreError when the decision cannot be
         logged (the answer is withheld, so no reward can be posted for it) and ModelError
@@ -247,8 +304,19 @@ class ExperimentRouter:
         await self.ensure_fresh()  # a no-op unless the snapshot is older than sync_interval
         await self.check_inputs(inputs)
         assert self.frozen is not None
-        d = self.frozen.sample(self.rng, 1)
-        arm, propensity = self.arms[int(d.arms[0])], float(d.propensities[0])
+        layer = self.cfg.layer
+        if layer is not None and (
+            unit_id is None or not in_range(layer_position(layer.name, unit_id), *layer.range)
+        ):
+            return await self._outside(inputs)
+        placed = None
+        if self.cfg.assignment is not None and unit_id is not None:
+            placed = self._assigned(unit_id)
+        if placed is not None:
+            arm, propensity = placed
+        else:
+            d = self.frozen.sample(self.rng, 1)
+            arm, propensity = self.arms[int(d.arms[0])], float(d.propensities[0])
         req = _Request()
         task = asyncio.ensure_future(self._serve(req, arm, propensity, inputs, self.expected))
         try:
@@ -258,6 +326,23 @@ class ExperimentRouter:
             self._background.add(task)
             task.add_done_callback(lambda t: self._after_gone(req, t))
             raise
+
+    async def _outside(self, inputs: Any) -> Prediction:
+        """A unit outside the experiment: the baseline answers, nothing is logged."""
+        try:
+            output = await asyncio.wait_for(
+                self.caller(self.settings.name, self.baseline, inputs), self.model_timeout
+            )
+        except TimeoutError:
+            raise ModelError(self.settings.name, self.baseline, "timed out") from None
+        except Exception as err:
+            raise ModelError(self.settings.name, self.baseline, _describe_failure(err)) from err
+        try:
+            body = encode_json(output)
+        except (ValueError, TypeError, RecursionError) as err:
+            reason = f"its answer cannot be sent as JSON ({type(err).__name__})"
+            raise ModelError(self.settings.name, self.baseline, reason) from None
+        return Prediction(None, self.baseline, body, None, in_experiment=False)
 
     async def _serve(
         self, req: _Request, arm: str, propensity: float, inputs: Any, expected: dict[str, float]
@@ -410,7 +495,30 @@ class ExperimentRouter:
             if f.violated:
                 rollback = g.on_violation == "rollback" and f.arm != self.baseline
                 await self.act(_on_violation(self, f, rollback))
+        if isinstance(self.cfg.policy, CanaryConfig):
+            await self._schedule(self.cfg.policy, snap, findings)
         return findings
+
+    async def _schedule(self, c: CanaryConfig, snap: Snapshot, findings: list[Finding]) -> None:
+        """Start the canary, or move it a step (once across replicas)."""
+        calls = snap.totals.get(c.candidate, ArmTotals()).calls
+        violated = any(f.violated and f.arm == c.candidate for f in findings)
+        # "no violation" means something only once the rules can judge: both arms need
+        # the guardrails' min_calls (since the candidate's last restore) before a step
+        g = self.cfg.guardrails
+        assert g is not None  # a canary's config requires guardrails
+        judged = all(
+            snap.since_restore(c.candidate, a).calls >= g.min_calls
+            for a in (c.candidate, self.baseline)
+        )
+        violated = violated or not judged
+        now = time.time()
+        await self.act(lambda ctl: canary.start(ctl, c, now, calls))
+        await self.act(
+            lambda ctl: canary.advance(
+                ctl, c, arms=self.arms, now=now, candidate_calls=calls, violated=violated
+            )
+        )
 
     # -- reading ---------------------------------------------------------------------
 
@@ -504,6 +612,21 @@ class ExperimentRouter:
             "reward": self.cfg.reward.model_dump(),
             "traffic_window_seconds": TRAFFIC_WINDOW_SECONDS,
             "arms": arms,
+            "canary": None
+            if not isinstance(self.cfg.policy, CanaryConfig)
+            else canary.view(
+                ctl, self.cfg.policy, snap.totals.get(self.cfg.policy.candidate, ArmTotals()).calls
+            ).public(),
+            "assignment": None
+            if self.cfg.assignment is None
+            else {
+                "by": self.cfg.assignment.by,
+                "salt": self.cfg.assignment.salt or ctl.get(actions.SALT),
+                "sticky_seconds": self.cfg.assignment.sticky_seconds,
+            },
+            "layer": None
+            if self.cfg.layer is None
+            else {"name": self.cfg.layer.name, "range": list(self.cfg.layer.range)},
             "guardrails": None
             if self.cfg.guardrails is None
             else {

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
+from bandit_serve.config import CanaryConfig
 from bandit_serve.errors import (
     ActionRefused,
     InputRejected,
@@ -150,10 +151,14 @@ class PredictRequest(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    event_id: str
+    event_id: str | None = Field(description="Null for a unit outside the experiment.")
     arm: str
     prediction: Any
-    propensity: float
+    propensity: float | None = Field(description="Null for a unit outside the experiment.")
+    in_experiment: bool = Field(
+        description="False: a unit outside the experiment's layer range (or without a "
+        "unit_id in a layered experiment), served by the baseline, not logged."
+    )
 
 
 class ActionBody(BaseModel):
@@ -305,12 +310,18 @@ def create_api(
     async def predict(name: str, body: PredictRequest) -> Response:
         started = time.perf_counter()
         router = get_service().router(name)
-        p = await router.predict(body.inputs)
+        p = await router.predict(body.inputs, body.unit_id)
         metrics.decision_latency.labels(name).observe(time.perf_counter() - started)
-        content = (
-            f'{{"event_id":"{p.event_id}","arm":"{p.arm}","prediction":{p.prediction_json},'
-            f'"propensity":{p.propensity!r}}}'
-        )
+        if p.in_experiment:
+            content = (
+                f'{{"event_id":"{p.event_id}","arm":"{p.arm}","prediction":{p.prediction_json},'
+                f'"propensity":{p.propensity!r},"in_experiment":true}}'
+            )
+        else:
+            content = (
+                f'{{"event_id":null,"arm":"{p.arm}","prediction":{p.prediction_json},'
+                f'"propensity":null,"in_experiment":false}}'
+            )
         return Response(content, media_type="application/json")
 
     @api.post(
@@ -414,9 +425,12 @@ def create_api(
     async def promote(name: str, request: Request, body: PromoteBody) -> ActionResult:
         """All traffic to one arm; the others retire. Rewards are still accepted."""
         router = get_service().router(name)
-        if body.arm is None:
-            raise InputRejected('name the arm to promote: {"arm": "..."}')
-        return await _acted(router, await router.promote(body.arm, _actor(request), body.reason))
+        arm = body.arm
+        if arm is None:
+            if not isinstance(router.cfg.policy, CanaryConfig):
+                raise InputRejected('name the arm to promote: {"arm": "..."}')
+            arm = router.cfg.policy.candidate  # a canary promotes its candidate
+        return await _acted(router, await router.promote(arm, _actor(request), body.reason))
 
     @api.post("/v1/experiments/{name}/pause", responses=actions)
     async def pause(name: str, request: Request, body: ActionBody | None = None) -> ActionResult:
