@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bandit_serve.config import AppConfig
-from bandit_serve.errors import ModelError
+from bandit_serve.errors import InputRejected, ModelError
 from bandit_serve.service.core import BanditService, ExperimentRouter
 from bandit_serve.service.local import LocalModels
 from bandit_serve.store import ArmStatus, MemoryStore, RedisStore, Store
@@ -211,3 +211,26 @@ async def test_an_arm_failing_60_percent_of_calls_loses_its_traffic(guarded: boo
         if guarded and i % 100 == 99:
             await s.router.check_guardrails()
     assert sum(last) <= 10, sum(last)
+
+
+async def test_inputs_a_model_refuses_are_422_not_its_error_and_a_guardrail_rolls_it_back(
+    redis_store: Store, exp_name: str
+) -> None:
+    """A candidate that refuses inputs the baseline takes (an endpoint answering 400/422)
+    is not blamed with errors, but the rejection_rate rule rolls it back."""
+    g = {"rules": [{"metric": "rejection_rate", "max_increase": 0.02}], "min_calls": 40}
+    s = Service(config(exp_name, {"a": "echo_a", "p": "picky"}, guardrails=g), redis_store)
+    refusals = []
+    for i in range(300):
+        try:
+            await s.router.predict([i])
+        except InputRejected as err:
+            refusals.append(str(err))
+    rejected = len(refusals)
+    assert all("refused the inputs" in m for m in refusals)
+    t = (await redis_store.snapshot(exp_name))["p"]
+    assert t.input_rejections == rejected > 0 and t.errors == 0 and t.pending == t.pulls - rejected
+    await s.router.check_guardrails()
+    assert (await redis_store.control(exp_name)).status("p") is ArmStatus.ROLLED_BACK
+    (event,) = [e for e in await redis_store.events(exp_name) if e.kind == "rollback"]
+    assert event.reason.startswith("rejection_rate max_increase=0.02")

@@ -6,6 +6,7 @@ one is broken.
     guardrails:
       rules:
         - {metric: error_rate, max_increase: 0.02}   # absolute, against the baseline
+        - {metric: rejection_rate, max_increase: 0.02}  # inputs the model refused (400/422)
         - {metric: latency_p99, max_ratio: 1.5}      # also latency_p50 / latency_p95
         - {metric: latency_p99, max_seconds: 0.25}   # absolute ceiling
         - {metric: reward, max_decrease: 0.05}       # in reward units, below the baseline's mean
@@ -30,9 +31,12 @@ __all__ = ["LATENCY_RESOLUTION", "MIN_RATIO", "GuardrailRule", "GuardrailsConfig
 LATENCY_RESOLUTION = 2 ** (1 / 8)
 MIN_RATIO = 1.1
 
-Metric = Literal["error_rate", "latency_p50", "latency_p95", "latency_p99", "reward"]
+Metric = Literal[
+    "error_rate", "rejection_rate", "latency_p50", "latency_p95", "latency_p99", "reward"
+]
 _BOUNDS = {
     "error_rate": ("max_increase",),
+    "rejection_rate": ("max_increase",),
     "latency_p50": ("max_ratio", "max_seconds"),
     "latency_p95": ("max_ratio", "max_seconds"),
     "latency_p99": ("max_ratio", "max_seconds"),

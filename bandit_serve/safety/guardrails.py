@@ -110,14 +110,15 @@ def _relative(
     kind, bound = rule.bound
     calls = np.array([t.calls for t in arm_t], dtype=np.float64)
     base_calls = np.array([t.calls for t in base_t], dtype=np.float64)
-    if rule.metric == "error_rate":
-        errs = np.array([t.errors for t in arm_t], dtype=np.float64)
-        base_errs = np.array([t.errors for t in base_t], dtype=np.float64)
+    if rule.metric in ("error_rate", "rejection_rate"):
+        attr = "errors" if rule.metric == "error_rate" else "input_rejections"
+        errs = np.array([getattr(t, attr) for t in arm_t], dtype=np.float64)
+        base_errs = np.array([getattr(t, attr) for t in base_t], dtype=np.float64)
         r = tests.error_rate_excess(calls, errs, base_calls, base_errs, bound, alpha, min_calls)
         with np.errstate(invalid="ignore", divide="ignore"):
             value, ref = errs / calls, base_errs / base_calls
         words = [
-            f"error_rate {value[i]:.4f} vs baseline {ref[i]:.4f} (max_increase {bound:g}) "
+            f"{rule.metric} {value[i]:.4f} vs baseline {ref[i]:.4f} (max_increase {bound:g}) "
             f"over {int(calls[i])} calls"
             for i in range(len(names))
         ]

@@ -349,6 +349,7 @@ class ExperimentRouter:
     ) -> Prediction:
         started = time.perf_counter()
         failure: str | None = None
+        refused: str | None = None
         body = ""
         try:
             output = await asyncio.wait_for(
@@ -356,8 +357,12 @@ class ExperimentRouter:
             )
         except TimeoutError:
             failure = "timed out"
-        except Exception as err:  # the model's own exception: the arm's error
-            failure = _describe_failure(err)
+        except Exception as err:
+            cause = getattr(err, "cause", None)  # Ray wraps the model's exception
+            if isinstance(err, InputRejected) or isinstance(cause, InputRejected):
+                refused = str(cause if isinstance(cause, InputRejected) else err)[:300]
+            else:  # the model's own exception: the arm's error
+                failure = _describe_failure(err)
         else:
             try:
                 body = encode_json(output)
@@ -372,6 +377,7 @@ class ExperimentRouter:
             failed=failure is not None,
             client_gone=req.gone,
             latency_bin=histogram.bin_index(seconds),
+            rejected=refused is not None,
         )
         try:
             await self.store.log_decisions(self.settings, [decision], expected)
@@ -380,6 +386,8 @@ class ExperimentRouter:
             # will hold its id, so withdraw it once the store answers again.
             self._spawn(self._withdraw_later(req.event_id))
             raise StoreError(str(err), maybe_written=True) from err
+        if refused is not None:  # the client's fault: 422, and not the arm's error
+            raise InputRejected(f"the model of arm {arm!r} refused the inputs: {refused}")
         if failure is not None:
             raise ModelError(self.settings.name, arm, failure)
         return Prediction(req.event_id, arm, body, propensity)

@@ -146,8 +146,10 @@ class DecisionRecord:
 class LoggedDecision:
     """A decision and what its model call did, as :meth:`Store.log_decisions` takes it.
 
-    ``failed``: the model call raised or timed out. ``client_gone``: the client went away
-    before its answer was sent (the decision is withdrawn: no client holds its id).
+    ``failed``: the model call raised or timed out. ``rejected``: the model refused the
+    inputs (withdrawn, counted in ``input_rejections``, not an error). ``client_gone``:
+    the client went away before its answer was sent (the decision is withdrawn: no client
+    holds its id).
     ``latency_bin``: the model call's latency as a histogram bin
     (:mod:`bandit_serve.stats.histogram`), None when no call was timed.
     """
@@ -158,6 +160,7 @@ class LoggedDecision:
     failed: bool = False
     client_gone: bool = False
     latency_bin: int | None = None
+    rejected: bool = False
 
 
 class EventState(enum.StrEnum):
@@ -195,6 +198,7 @@ ARM_FIELDS: tuple[ArmField, ...] = (
     ArmField("withdrawn", "withdrawn", int),
     ArmField("calls", "calls", int),
     ArmField("errors", "errors", int),
+    ArmField("rejections", "input_rejections", int),
     ArmField("dup", "duplicates", int),
     ArmField("late", "late", int),
     ArmField("psum", "expected_pulls", float, public=False),
@@ -217,7 +221,9 @@ class ArmTotals:
     sums reward / propensity over rewarded decisions (the inverse-propensity-weighted
     mean).
 
-    Model calls: ``calls`` counts them, ``errors`` those that raised or timed out, and
+    Model calls: ``calls`` counts them, ``errors`` those that raised or timed out,
+    ``input_rejections`` those the model refused as bad input (an upstream 400/422: the
+    client is told 422, the arm is not blamed, the decision is withdrawn), and
     ``latency`` is their histogram (bin -> count; bins of
     :mod:`bandit_serve.stats.histogram`). Fields are listed in :data:`ARM_FIELDS`.
     """
@@ -231,6 +237,7 @@ class ArmTotals:
     withdrawn: int = 0
     calls: int = 0
     errors: int = 0
+    input_rejections: int = 0
     duplicates: int = 0
     late: int = 0
     expected_pulls: float = 0.0
@@ -278,6 +285,10 @@ class ArmTotals:
     def error_rate(self) -> float | None:
         return self.errors / self.calls if self.calls else None
 
+    @property
+    def rejection_rate(self) -> float | None:
+        return self.input_rejections / self.calls if self.calls else None
+
     def public(self) -> dict[str, Any]:
         """The counters the experiment view shows, and the derived sums."""
         out: dict[str, Any] = {f.attr: getattr(self, f.attr) for f in ARM_FIELDS if f.public}
@@ -286,6 +297,7 @@ class ArmTotals:
             mean=self.mean,
             pending=self.pending,
             error_rate=self.error_rate,
+            rejection_rate=self.rejection_rate,
         )
         return out
 

@@ -53,7 +53,7 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import parse_qsl, unquote
@@ -530,6 +530,18 @@ def describe_error(err: BaseException, target: RedisTarget | None = None) -> str
 # -- clients ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _torn_down_is_a_connection_error() -> Iterator[None]:
+    """redis-py's cluster client answers CLUSTERDOWN by closing every connection of every
+    node, in use or not (``RedisCluster.aclose``); a command of another task then finds its
+    connection's writer gone and raises AttributeError. It is a connection error (nothing
+    or a part was sent): retry it."""
+    try:
+        yield
+    except AttributeError as err:
+        raise ConnectionError(f"the connection was closed during the command ({err})") from err
+
+
 class _ResilientCluster(RedisCluster):
     """RedisCluster whose commands are retried with backoff (redis-py's cluster client
     retries without sleeping, which a failover of several seconds outlasts), each retry
@@ -539,7 +551,8 @@ class _ResilientCluster(RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async def attempt() -> Any:
-            return await RedisCluster.execute_command(self, *args, **kwargs)
+            with _torn_down_is_a_connection_error():
+                return await RedisCluster.execute_command(self, *args, **kwargs)
 
         return await self.policy.call(attempt)
 
@@ -587,10 +600,14 @@ class RedisConnection:
         if not isinstance(client, _ResilientCluster):
             return await attempt()
 
+        async def guarded() -> T:
+            with _torn_down_is_a_connection_error():
+                return await attempt()
+
         async def refresh(_: BaseException) -> None:
             await client.refresh_slot(key)
 
-        return await self.target.retry.call(attempt, refresh)
+        return await self.target.retry.call(guarded, refresh)
 
     # -- durability ------------------------------------------------------------------------
 
@@ -626,6 +643,10 @@ class RedisConnection:
         need, wait_ms = t.wait_replicas, max(1, round(t.wait_timeout * 1000))
 
         async def attempt() -> list[Any]:
+            with _torn_down_is_a_connection_error():
+                return await once()
+
+        async def once() -> list[Any]:
             client = self.client
             if isinstance(client, RedisCluster):
                 await client.initialize()

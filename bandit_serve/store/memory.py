@@ -131,7 +131,9 @@ class MemoryStore(Store):
                         t.latency[d.latency_bin] = t.latency.get(d.latency_bin, 0) + 1
                     if d.failed:
                         t.errors += 1
-                    if d.client_gone or (d.failed and exp.on_model_error != "low"):
+                    if d.rejected:
+                        t.input_rejections += 1
+                    if d.client_gone or d.rejected or (d.failed and exp.on_model_error != "low"):
                         state = EventState.WITHDRAWN
                         t.withdrawn += 1
                     elif d.failed:

@@ -399,7 +399,11 @@ class RedisStore(Store):
                 repr(exp.error_reward),
             ]
             for d, _ in items:
-                flags = ("f" if d.failed else "") + ("g" if d.client_gone else "")
+                flags = (
+                    ("f" if d.failed else "")
+                    + ("g" if d.client_gone else "")
+                    + ("r" if d.rejected else "")
+                )
                 bin_ = "" if d.latency_bin is None else str(d.latency_bin)
                 args += [d.arm, repr(float(d.propensity)), flags, bin_]
             keys = [k.ctl, k.totals, k.due, bucket, *(k.event(d.event_id) for d, _ in items)]

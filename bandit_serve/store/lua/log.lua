@@ -26,6 +26,7 @@ for i = first_key, #KEYS do
     local a = first_arg + (i - first_key) * per
     local arm, p, flags, bin = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
     local failed, gone = string.find(flags, 'f') ~= nil, string.find(flags, 'g') ~= nil
+    local rejected = string.find(flags, 'r') ~= nil
     local st = ST.pending
     deltas:add(arm, 'pulls', 1)
     if bin ~= '' then
@@ -35,7 +36,10 @@ for i = first_key, #KEYS do
     if failed then
       deltas:add(arm, 'errors', 1)
     end
-    if gone or (failed and mode ~= 'low') then
+    if rejected then
+      deltas:add(arm, 'rejections', 1)
+    end
+    if gone or rejected or (failed and mode ~= 'low') then
       st = ST.withdrawn
       deltas:add(arm, 'withdrawn', 1)
     elseif failed then
