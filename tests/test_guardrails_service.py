@@ -207,6 +207,7 @@ async def test_an_arm_failing_60_percent_of_calls_loses_its_traffic(guarded: boo
         else:
             last.append(False)
             mean = 0.6 if p.arm == "flaky" else 0.5
+            assert p.event_id is not None
             await s.router.post_rewards([(p.event_id, float(rng.random() < mean))])
         if guarded and i % 100 == 99:
             await s.router.check_guardrails()
