@@ -263,12 +263,19 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+        "-subj", "/CN=bandit-serve")  # fmt: skip
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "client.crt", "-days", "2")  # fmt: skip
     return d
 
 
-@pytest.fixture
-def tls_redis(tmp_path: Path, certs: Path) -> Iterator[tuple[RedisProcess, int]]:
-    """A server with a password, a plain port (for the helper) and a TLS port."""
+@pytest.fixture(params=["no", "yes"], ids=["server-cert", "mutual-tls"])
+def tls_redis(
+    request: pytest.FixtureRequest, tmp_path: Path, certs: Path
+) -> Iterator[tuple[RedisProcess, int]]:
+    """A server with a password, a plain port (for the helper) and a TLS port; with
+    ``mutual-tls`` it also requires a client certificate signed by the CA."""
     plain, tls_port = free_ports(2)
     server = RedisProcess(
         tmp_path,
@@ -276,7 +283,7 @@ def tls_redis(tmp_path: Path, certs: Path) -> Iterator[tuple[RedisProcess, int]]
         args=[
             "--tls-port", str(tls_port), "--tls-cert-file", str(certs / "server.crt"),
             "--tls-key-file", str(certs / "server.key"),
-            "--tls-ca-cert-file", str(certs / "ca.crt"), "--tls-auth-clients", "no",
+            "--tls-ca-cert-file", str(certs / "ca.crt"), "--tls-auth-clients", request.param,
             "--requirepass", "tls-pw",
         ],
         password="tls-pw",
@@ -303,9 +310,20 @@ async def test_rediss_with_a_ca_from_the_url_or_the_environment(
     exp_name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, port = tls_redis
-    await round_trip(f"rediss://:tls-pw@127.0.0.1:{port}/0?ssl_ca_certs={certs}/ca.crt", exp_name)
+    server, port = tls_redis
+    mutual = server.args[server.args.index("--tls-auth-clients") + 1] == "yes"
+    client_cert = f"&ssl_certfile={certs}/client.crt&ssl_keyfile={certs}/client.key"
+    url = f"rediss://:tls-pw@127.0.0.1:{port}/0?ssl_ca_certs={certs}/ca.crt"
+    if mutual:
+        with pytest.raises(StoreError) as refused:  # no client certificate
+            await RedisStore.open(url)
+        assert "\n" not in str(refused.value) and "tls-pw" not in str(refused.value)
+        url += client_cert
+    await round_trip(url, exp_name)
     monkeypatch.setenv("REDIS_SSL_CA_CERTS", str(certs / "ca.crt"))
+    if mutual:
+        monkeypatch.setenv("REDIS_SSL_CERTFILE", str(certs / "client.crt"))
+        monkeypatch.setenv("REDIS_SSL_KEYFILE", str(certs / "client.key"))
     monkeypatch.setenv("REDIS_PASSWORD", "tls-pw")
     await round_trip(f"rediss://127.0.0.1:{port}/0", exp_name + "-env")
     monkeypatch.delenv("REDIS_SSL_CA_CERTS")
