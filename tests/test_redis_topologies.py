@@ -162,6 +162,10 @@ async def test_replicated_durability_waits_for_a_replica_and_still_answers(
         b, c = await safe.record_decisions(exp, ["a", "b"], [0.5, 0.5])
         assert await safe.apply_rewards(exp, [(b.event_id, 1.0), (a.event_id, 1.0)]) == [A, D]
         assert wait_calls(master) == waits + 2  # one after the log, one after the rewards
+        with contextlib.closing(master.client()) as direct:
+            direct.script_flush()  # the durable path loads its script again (NOSCRIPT)
+        (d,) = await safe.record_decisions(exp, ["a"], [1.0])
+        assert await safe.apply_reward(exp, d.event_id, 0.0) is A
 
         assert replica.proc is not None
         replica.proc.send_signal(19)  # SIGSTOP: the replica stops acknowledging
@@ -176,7 +180,7 @@ async def test_replicated_durability_waits_for_a_replica_and_still_answers(
         # the master did apply it; the retry answers duplicate once the replica has it
         assert await safe.apply_reward(exp, c.event_id, 0.5) is D
         snap = await safe.snapshot(exp_name)
-        assert (snap["a"].rewards, snap["b"].rewards, snap["b"].reward_sum) == (2, 1, 0.5)
+        assert (snap["a"].rewards, snap["b"].rewards, snap["b"].reward_sum) == (3, 1, 0.5)
     finally:
         await fast.close()
         await safe.close()

@@ -245,8 +245,9 @@ class _Retry(Retry):
         return await super().call_with_retry(do, fail, ok, with_failure_count)
 
 
-class _Again(RedisError):
-    """Try again at once (the script was loaded, or the slot map refreshed)."""
+class _Again(StoreError):
+    """Try again (the script was loaded, or the slot moved); retryable, and the message if
+    the retries run out."""
 
 
 @dataclass(frozen=True)
@@ -666,9 +667,9 @@ class RedisConnection:
             for r in results:
                 if isinstance(r, NoScriptError) and load is not None:
                     await load()
-                    raise _Again("script loaded")
+                    raise _Again(f"Redis had to load the script of {what} again; retry")
                 if isinstance(r, AskError):  # MOVED or ASK: the slot is elsewhere now
-                    raise _Again(str(r))
+                    raise _Again(f"the slot of {what} moved ({describe_error(r)}); retry")
                 if isinstance(r, BaseException):
                     raise r
             if isinstance(acked, BaseException):
