@@ -212,6 +212,7 @@ class ExperimentConfig(Strict):
             retention_seconds=self.record_retention_seconds,
             bucket_seconds=self.buckets.seconds,
             bucket_retention_seconds=self.buckets.retention_seconds,
+            sticky_seconds=self.assignment.sticky_seconds if self.assignment else 86400.0,
         )
 
 

@@ -39,7 +39,7 @@ from bandit_serve.assignment import (
     layer_position,
     unit_bucket,
 )
-from bandit_serve.config import AppConfig, CanaryConfig, ExperimentConfig
+from bandit_serve.config import ApiKeyConfig, AppConfig, CanaryConfig, ExperimentConfig
 from bandit_serve.errors import (
     InputRejected,
     ModelError,
@@ -50,9 +50,12 @@ from bandit_serve.errors import (
 from bandit_serve.policies import ArmStats, Canary, FrozenDistribution
 from bandit_serve.safety import actions, canary
 from bandit_serve.safety.guardrails import Finding, evaluate, latency_summary
+from bandit_serve.service import metrics
 from bandit_serve.service.auth import Authenticator, Limiter
 from bandit_serve.service.models import InputContract
+from bandit_serve.service.signing import Signer
 from bandit_serve.stats import AnalysisReport, analyze, arm_posterior, histogram
+from bandit_serve.stats.analysis import shadow_report
 from bandit_serve.store import (
     ArmStatus,
     ArmTotals,
@@ -61,6 +64,7 @@ from bandit_serve.store import (
     ExperimentState,
     LoggedDecision,
     RewardOutcome,
+    ShadowCall,
     Snapshot,
     Store,
     new_event_id,
@@ -108,6 +112,8 @@ class _Request:
     gone: bool = False
     logged_gone: bool = False
     event_id: str = field(default_factory=new_event_id)
+    unit: str | None = None
+    assign: int = 0
 
 
 def _describe_failure(err: BaseException) -> str:
@@ -115,6 +121,49 @@ def _describe_failure(err: BaseException) -> str:
     cause = getattr(err, "cause", None)  # Ray wraps the model's exception in RayTaskError
     shown = cause if isinstance(cause, BaseException) else err
     return f"{type(shown).__name__}: {str(shown)[:300]}"
+
+
+def _agreement(served: Any, shadow: Any) -> tuple[bool, float | None]:
+    """Whether two answers are equal, and their mean absolute difference when both are
+    numbers (or equally long lists of numbers)."""
+
+    def numbers(x: Any) -> list[float] | None:
+        if isinstance(x, bool):
+            return None
+        if isinstance(x, int | float):
+            return [float(x)]
+        if (
+            isinstance(x, list)
+            and x
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in x)
+        ):
+            return [float(v) for v in x]
+        return None
+
+    a, b = numbers(served), numbers(shadow)
+    diff = None
+    if a is not None and b is not None and len(a) == len(b):
+        diff = sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
+        if not math.isfinite(diff):
+            diff = None
+    try:
+        equal = json.dumps(served, sort_keys=True) == json.dumps(shadow, sort_keys=True)
+    except (TypeError, ValueError):
+        equal = False
+    return equal, diff
+
+
+def _store_signer(store: Store) -> Callable[[], Awaitable[Signer]]:
+    """Signing keys kept in the store (one random key made once for every replica)."""
+    cached: list[Signer] = []
+
+    async def get() -> Signer:
+        if not cached:
+            keys = await store.signing_keys(Signer.random_secret())
+            cached.append(Signer(tuple((k, v.encode()) for k, v in sorted(keys.items()))))
+        return cached[0]
+
+    return get
 
 
 def encode_json(value: Any) -> str:
@@ -134,8 +183,10 @@ class ExperimentRouter:
         seed: int | None = None,
         model_timeout: float = 30.0,
         on_events: Callable[[ExperimentConfig, list[AuditEvent]], None] | None = None,
+        signer: Callable[[], Awaitable[Signer]] | None = None,
     ) -> None:
         self.store = store
+        self.signer = signer if signer is not None else _store_signer(store)
         self.caller = caller
         self.model_timeout = model_timeout
         self.on_events = on_events
@@ -309,16 +360,24 @@ class ExperimentRouter:
             unit_id is None or not in_range(layer_position(layer.name, unit_id), *layer.range)
         ):
             return await self._outside(inputs)
+        signer = await self.signer()
+        req = _Request()
         placed = None
         if self.cfg.assignment is not None and unit_id is not None:
             placed = self._assigned(unit_id)
+            if placed is None:
+                placed, req.assign = await self._sticky(unit_id)
+            else:
+                req.assign = 1
+            req.unit = unit_id
         if placed is not None:
             arm, propensity = placed
         else:
             d = self.frozen.sample(self.rng, 1)
             arm, propensity = self.arms[int(d.arms[0])], float(d.propensities[0])
-        req = _Request()
-        task = asyncio.ensure_future(self._serve(req, arm, propensity, inputs, self.expected))
+        task = asyncio.ensure_future(
+            self._serve(req, arm, propensity, inputs, self.expected, signer)
+        )
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -326,6 +385,22 @@ class ExperimentRouter:
             self._background.add(task)
             task.add_done_callback(lambda t: self._after_gone(req, t))
             raise
+
+    async def _sticky(self, unit_id: str) -> tuple[tuple[str, float] | None, int]:
+        """A bandit's unit keeps its first arm (and that decision's propensity) for
+        ``sticky_seconds``; rollback and promote override it. Returns the placement (None:
+        draw) and how the decision writes the assignment (1: new, 2: reassign)."""
+        assert self.snap is not None
+        ctl = self.snap.control
+        kept = (await self.store.assignments(self.settings, [unit_id])).get(unit_id)
+        if ctl.state is not ExperimentState.RUNNING:
+            return None, 0  # paused or promoted: the routing decides; assignments stay
+        if kept is None:
+            return None, 1
+        arm, propensity = kept
+        if arm in self.arms and ctl.status(arm) is ArmStatus.ACTIVE:
+            return (arm, propensity), 0
+        return None, 2  # its arm was rolled back (or is gone): a new draw, kept from now
 
     async def _outside(self, inputs: Any) -> Prediction:
         """A unit outside the experiment: the baseline answers, nothing is logged."""
@@ -345,7 +420,13 @@ class ExperimentRouter:
         return Prediction(None, self.baseline, body, None, in_experiment=False)
 
     async def _serve(
-        self, req: _Request, arm: str, propensity: float, inputs: Any, expected: dict[str, float]
+        self,
+        req: _Request,
+        arm: str,
+        propensity: float,
+        inputs: Any,
+        expected: dict[str, float],
+        signer: Signer,
     ) -> Prediction:
         started = time.perf_counter()
         failure: str | None = None
@@ -378,6 +459,9 @@ class ExperimentRouter:
             client_gone=req.gone,
             latency_bin=histogram.bin_index(seconds),
             rejected=refused is not None,
+            unit=req.unit,
+            assign=req.assign,
+            unit_expected=expected if req.assign else None,
         )
         try:
             await self.store.log_decisions(self.settings, [decision], expected)
@@ -390,7 +474,34 @@ class ExperimentRouter:
             raise InputRejected(f"the model of arm {arm!r} refused the inputs: {refused}")
         if failure is not None:
             raise ModelError(self.settings.name, arm, failure)
-        return Prediction(req.event_id, arm, body, propensity)
+        if self.cfg.shadow is not None and self.rng.random() < self.cfg.shadow.rate:
+            self._spawn(self._mirror(inputs, output))  # off the answer's path
+        token = signer.sign(self.settings.name, req.event_id)
+        return Prediction(token, arm, body, propensity)
+
+    async def _mirror(self, inputs: Any, served: Any) -> None:
+        """Send a copy of a request to every shadow arm; count their calls, errors,
+        latency and agreement with the served answer. Never raises."""
+        shadow = self.cfg.shadow
+        assert shadow is not None
+
+        async def one(name: str) -> ShadowCall:
+            started = time.perf_counter()
+            try:
+                out = await asyncio.wait_for(
+                    self.caller(self.settings.name, name, inputs), self.model_timeout
+                )
+            except Exception:
+                return ShadowCall(name, True, histogram.bin_index(time.perf_counter() - started))
+            seconds = time.perf_counter() - started
+            equal, diff = _agreement(served, out)
+            return ShadowCall(name, False, histogram.bin_index(seconds), equal, diff)
+
+        try:
+            calls = await asyncio.gather(*(one(a.name) for a in shadow.arms))
+            await self.store.log_shadow(self.settings, calls)
+        except Exception as err:  # a shadow must never disturb serving
+            log.warning("shadow calls of %s not counted: %s", self.settings.name, err)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -418,10 +529,20 @@ class ExperimentRouter:
         log.warning("could not withdraw decision %s of %s", event_id, self.settings.name)
 
     async def post_rewards(self, items: Sequence[tuple[str, float]]) -> list[RewardOutcome]:
+        """Verify each event id's signature (a forged or foreign id is ``unknown`` before
+        the store is touched), then apply the rest exactly once."""
+        signer = await self.signer()
+        ids = [signer.verify(self.settings.name, e) for e, _ in items]
+        forged = sum(1 for i in ids if i is None)
+        if forged:
+            metrics.forged_rewards.labels(self.settings.name).inc(forged)
+        valid = [(i, r) for i, (_, r) in zip(ids, items, strict=True) if i is not None]
         try:
-            return await self.store.apply_rewards(self.settings, items)
+            applied = await self.store.apply_rewards(self.settings, valid) if valid else []
         except StoreError as err:  # may have been applied: a retry answers duplicate
             raise StoreError(str(err), maybe_written=True) from err
+        it = iter(applied)
+        return [RewardOutcome.UNKNOWN if i is None else next(it) for i in ids]
 
     async def settle(self) -> int:
         report = await self.store.settle_expired(self.settings)
@@ -635,6 +756,24 @@ class ExperimentRouter:
             "layer": None
             if self.cfg.layer is None
             else {"name": self.cfg.layer.name, "range": list(self.cfg.layer.range)},
+            "shadow": None
+            if self.cfg.shadow is None
+            else [
+                {
+                    "name": a.name,
+                    "calls": t.calls,
+                    "errors": t.errors,
+                    "latency": latency_summary(t),
+                    "agreement": {
+                        "compared": t.shadow_compared,
+                        "equal_share": report.agreement,
+                        "mean_abs_diff": report.mean_abs_diff,
+                    },
+                }
+                for a in self.cfg.shadow.arms
+                for t in [snap.totals.get(f"shadow/{a.name}", ArmTotals())]
+                for report in [shadow_report(a.name, t)]
+            ],
             "guardrails": None
             if self.cfg.guardrails is None
             else {
@@ -698,7 +837,7 @@ class BanditService:
         self.routers: dict[str, ExperimentRouter] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.authenticator: Authenticator | None = None
-        self.rate_limiter: Limiter | None = None
+        self.rate_limiter: Limiter | None = self._take_token
         from bandit_serve.safety.notify import Notifier
 
         self.notifier = Notifier()
@@ -727,6 +866,12 @@ class BanditService:
                 r.configure(exp)
             routers[exp.name] = r
         self.routers = routers
+
+    async def _take_token(self, key: ApiKeyConfig) -> float | None:
+        """A key's quota, shared by every replica (a token bucket in the store)."""
+        assert key.rate_per_second is not None
+        burst = key.burst or max(1, math.ceil(key.rate_per_second))
+        return await self.store.take_token(f"key:{key.name}", key.rate_per_second, burst)
 
     def router(self, name: str) -> ExperimentRouter:
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -30,7 +30,7 @@ from bandit_serve.safety.actions import violation_count
 from bandit_serve.stats import histogram
 from bandit_serve.store import ArmStatus, ArmTotals, ExperimentState, Snapshot
 
-__all__ = ["PROCESS_REGISTRY", "ExperimentMetrics", "decision_latency", "render"]
+__all__ = ["PROCESS_REGISTRY", "ExperimentMetrics", "decision_latency", "forged_rewards", "render"]
 
 PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -53,6 +53,21 @@ class _DecisionLatency:
 
 
 decision_latency = _DecisionLatency()
+_forged = Counter(
+    "bandit_rewards_forged",
+    "Rewards refused because their event id did not verify (forged, tampered, or of "
+    "another experiment), in this process.",
+    ["experiment", "replica"],
+    registry=PROCESS_REGISTRY,
+)
+
+
+class _Forged:
+    def labels(self, experiment: str) -> Any:
+        return _forged.labels(experiment, str(os.getpid()))
+
+
+forged_rewards = _Forged()
 _EDGES = histogram.prometheus_edges()
 
 
@@ -127,6 +142,16 @@ class _StoreView(Collector):
             "1 for the experiment's current state.",
             labels=["experiment", "state"],
         )
+        shadow_calls = CounterMetricFamily(
+            "bandit_shadow_calls",
+            "Mirrored calls to shadow arms, by outcome (ok, error).",
+            labels=["experiment", "shadow", "outcome"],
+        )
+        shadow_agreement = GaugeMetricFamily(
+            "bandit_shadow_agreement",
+            "Share of a shadow arm's answers equal to the served answer.",
+            labels=["experiment", "shadow"],
+        )
         violations = CounterMetricFamily(
             "bandit_guardrail_violations",
             "Guardrail violations acted upon (a rollback or an alert), per arm and rule.",
@@ -155,6 +180,12 @@ class _StoreView(Collector):
                 posterior.add_metric(lv, a["posterior"]["mean"])
                 for st_ in ArmStatus:
                     status.add_metric([*lv, st_.value], float(a["status"] == st_.value))
+            for sh in e.get("shadow") or []:
+                shadow_calls.add_metric([name, sh["name"], "ok"], sh["calls"] - sh["errors"])
+                shadow_calls.add_metric([name, sh["name"], "error"], sh["errors"])
+                share = sh["agreement"]["equal_share"]
+                if share is not None:
+                    shadow_agreement.add_metric([name, sh["name"]], share)
             for (arm, rule), n in sorted(violation_count(snap.control).items()):
                 violations.add_metric([name, arm, rule], n)
         yield from (
@@ -170,6 +201,8 @@ class _StoreView(Collector):
             status,
             state,
             violations,
+            shadow_calls,
+            shadow_agreement,
         )
 
 

@@ -24,7 +24,7 @@ from bandit_serve.stats.sequential import msprt_confidence_sequence, msprt_p_val
 from bandit_serve.stats.srm import SRM_THRESHOLD, srm_test
 from bandit_serve.store import ArmTotals
 
-__all__ = ["AnalysisReport", "ArmReport", "analyze", "default_tau"]
+__all__ = ["AnalysisReport", "ArmReport", "ShadowReport", "analyze", "default_tau", "shadow_report"]
 
 ADAPTIVE_NOTE = (
     "Traffic was allocated adaptively (policy {kind}): means, effects, intervals and both "
@@ -37,6 +37,13 @@ PEEKING_NOTE = (
     "p_value is a fixed-horizon test: valid once, at a sample size fixed in advance. "
     "Checking it repeatedly and stopping when it dips below alpha inflates false positives; "
     "p_value_sequential (mSPRT, tau = {tau:g}) stays valid at every look."
+)
+UNIT_NOTE = (
+    "Units are assigned stickily (assignment by unit_id): the unit is the unit of "
+    "analysis. samples, means, tests and the sample-ratio check count units (each with "
+    "its arm and its mean reward; Welch's test on unit means), not requests, so that a "
+    "unit's repeated requests do not inflate them. P(best) and the posteriors are over "
+    "requests."
 )
 BIASED_FIELDS = ("mean", "effect", "ci_low", "ci_high", "p_value", "p_value_sequential")
 
@@ -79,6 +86,8 @@ class AnalysisReport:
     posterior_draws: int
     notes: tuple[str, ...]
     arms: tuple[ArmReport, ...]
+    unit_of_analysis: str = "request"
+    shadow: tuple[ShadowReport, ...] = ()
 
     def arm(self, name: str) -> ArmReport:
         for a in self.arms:
@@ -116,6 +125,14 @@ class _Moments:
         var = max(t.reward_sq - n * mean**2, 0.0) / (n - 1) if n > 1 else math.nan
         return cls(n, mean, var)
 
+    @classmethod
+    def of_units(cls, t: ArmTotals) -> _Moments:
+        """Over units: each unit (with a reward) is one sample, its mean reward."""
+        n = t.rewarded_units
+        mean = t.unit_mean_sum / n if n else math.nan
+        var = max(t.unit_mean_sq - n * mean**2, 0.0) / (n - 1) if n > 1 else math.nan
+        return cls(n, mean, var)
+
 
 def default_tau(cfg: ExperimentConfig, sds: list[float]) -> float:
     """mSPRT mixing scale: 5% of the reward range for bounded rewards, else 10% of the
@@ -139,14 +156,37 @@ def _bayes(
     return prob_best_and_loss(samples)
 
 
-def _srm(t: Mapping[str, ArmTotals]) -> tuple[float | None, float]:
-    """Logged decisions against the allocation: each decision adds the probabilities with
-    which the policy would pick every arm (``expected_pulls``), whatever the policy."""
-    observed = [x.pulls for x in t.values()]
+def _srm(t: Mapping[str, ArmTotals], by_unit: bool) -> tuple[float | None, float]:
+    """Logged decisions (or, with sticky assignment, units) against the allocation: each
+    decision (each new unit) adds the probabilities with which the policy would pick
+    every arm (``expected_pulls``, ``expected_units``), whatever the policy."""
+    observed = [x.units if by_unit else x.pulls for x in t.values()]
     if not sum(observed):
         return 0.0, 1.0
-    chi2, p = srm_test(observed, [x.expected_pulls for x in t.values()])
+    expected = [x.expected_units if by_unit else x.expected_pulls for x in t.values()]
+    chi2, p = srm_test(observed, expected)
     return (chi2 if math.isfinite(chi2) else None), p
+
+
+@dataclass(frozen=True)
+class ShadowReport:
+    """A shadow arm: its mirrored calls and how often it agreed with the served answer."""
+
+    name: str
+    calls: int
+    errors: int
+    agreement: float | None  # share of compared answers that were equal
+    mean_abs_diff: float | None  # over numeric answers
+
+
+def shadow_report(name: str, t: ArmTotals) -> ShadowReport:
+    return ShadowReport(
+        name=name,
+        calls=t.calls,
+        errors=t.errors,
+        agreement=t.shadow_agreed / t.shadow_compared if t.shadow_compared else None,
+        mean_abs_diff=t.shadow_abs_diff / t.shadow_numeric if t.shadow_numeric else None,
+    )
 
 
 def _compare(
@@ -205,13 +245,14 @@ def analyze(
     if base not in names:
         raise UnknownArmError(f"no arm named {base!r} in experiment {cfg.name!r}; arms: {names}")
     t = {a: totals.get(a, ArmTotals()) for a in names}
-    m = {a: _Moments.of(t[a]) for a in names}
+    by_unit = cfg.assignment is not None
+    m = {a: (_Moments.of_units if by_unit else _Moments.of)(t[a]) for a in names}
     if tau is None:
         tau = default_tau(cfg, [math.sqrt(x.var) for x in m.values()])
-    proportions = cfg.reward.kind == "bernoulli"
+    proportions = cfg.reward.kind == "bernoulli" and not by_unit  # unit means: Welch
     adaptive = cfg.policy.policy_class.adaptive
     p_best, loss = _bayes(cfg, t, draws, seed)
-    srm_chi2, srm_p = _srm(t)
+    srm_chi2, srm_p = _srm(t, by_unit)
     settled = sum(x.n for x in m.values())
 
     rows = []
@@ -235,6 +276,8 @@ def analyze(
         rows.append(row)
 
     notes = [PEEKING_NOTE.format(tau=tau)]
+    if by_unit:
+        notes.insert(0, UNIT_NOTE)
     if adaptive:
         notes.insert(0, ADAPTIVE_NOTE.format(kind=cfg.policy.kind))
     warning = None
@@ -258,4 +301,9 @@ def analyze(
         posterior_draws=draws,
         notes=tuple(notes),
         arms=tuple(rows),
+        unit_of_analysis="unit" if by_unit else "request",
+        shadow=tuple(
+            shadow_report(a.name, totals.get(f"shadow/{a.name}", ArmTotals()))
+            for a in (cfg.shadow.arms if cfg.shadow is not None else [])
+        ),
     )

@@ -51,6 +51,7 @@ __all__ = [
     "LoggedDecision",
     "RewardOutcome",
     "SettleReport",
+    "ShadowCall",
     "Snapshot",
     "Store",
     "new_event_id",
@@ -121,6 +122,7 @@ class ExperimentSettings:
     retention_seconds: float = 86400.0
     bucket_seconds: int = 60
     bucket_retention_seconds: int = 86400
+    sticky_seconds: float = 86400.0
     events_max: int = 10_000  # the audit log keeps the last this many events
 
     def accepts(self, reward: float) -> bool:
@@ -161,6 +163,23 @@ class LoggedDecision:
     client_gone: bool = False
     latency_bin: int | None = None
     rejected: bool = False
+    unit: str | None = None
+    assign: int = 0  # 1: the unit's first assignment (unless it has one); 2: reassign
+    unit_expected: Mapping[str, float] | None = None  # for a new unit: P(each arm)
+
+
+@dataclass(frozen=True)
+class ShadowCall:
+    """A mirrored call to a shadow arm: its outcome and its agreement with the answer.
+
+    ``equal``: the answers were equal (None: not compared, e.g. it failed);
+    ``abs_diff``: their absolute difference when both were numbers."""
+
+    arm: str
+    failed: bool
+    latency_bin: int
+    equal: bool | None = None
+    abs_diff: float | None = None
 
 
 class EventState(enum.StrEnum):
@@ -203,6 +222,17 @@ ARM_FIELDS: tuple[ArmField, ...] = (
     ArmField("late", "late", int),
     ArmField("psum", "expected_pulls", float, public=False),
     ArmField("ipw", "ipw_sum", float, public=False),
+    # sticky assignment: the unit is the unit of analysis
+    ArmField("ucount", "units", int),
+    ArmField("upsum", "expected_units", float, public=False),
+    ArmField("urew", "rewarded_units", int, public=False),
+    ArmField("umean", "unit_mean_sum", float, public=False),
+    ArmField("umean2", "unit_mean_sq", float, public=False),
+    # shadow arms: agreement with the served answer
+    ArmField("cmp", "shadow_compared", int, public=False),
+    ArmField("agree", "shadow_agreed", int, public=False),
+    ArmField("ncmp", "shadow_numeric", int, public=False),
+    ArmField("absdiff", "shadow_abs_diff", float, public=False),
 )
 ARM_FIELD_BY_NAME = {f.field: f for f in ARM_FIELDS}
 
@@ -220,6 +250,14 @@ class ArmTotals:
     probability that the policy picks this arm (the sample-ratio check); ``ipw_sum``
     sums reward / propensity over rewarded decisions (the inverse-propensity-weighted
     mean).
+
+    Units (sticky assignment by ``unit_id``): ``units`` assigned to the arm,
+    ``expected_units`` the policy's probabilities summed over new units (the units'
+    sample-ratio check), ``rewarded_units`` those with a reward, ``unit_mean_sum`` and
+    ``unit_mean_sq`` the sum and sum of squares of their mean rewards (the tests run on
+    unit means). Shadow arms: ``shadow_compared`` answers compared with the served one,
+    ``shadow_agreed`` equal ones, ``shadow_numeric`` numeric comparisons and
+    ``shadow_abs_diff`` the sum of their absolute differences.
 
     Model calls: ``calls`` counts them, ``errors`` those that raised or timed out,
     ``input_rejections`` those the model refused as bad input (an upstream 400/422: the
@@ -242,6 +280,15 @@ class ArmTotals:
     late: int = 0
     expected_pulls: float = 0.0
     ipw_sum: float = 0.0
+    units: int = 0
+    expected_units: float = 0.0
+    rewarded_units: int = 0
+    unit_mean_sum: float = 0.0
+    unit_mean_sq: float = 0.0
+    shadow_compared: int = 0
+    shadow_agreed: int = 0
+    shadow_numeric: int = 0
+    shadow_abs_diff: float = 0.0
     latency: dict[int, int] = field(default_factory=dict)
 
     @classmethod
@@ -511,6 +558,30 @@ class Store(ABC):
     @abstractmethod
     async def check(self) -> None:
         """Raise StoreError unless the backend answers (health checks)."""
+
+    # -- assignment, shadow, quotas, signing ---------------------------------------------
+
+    @abstractmethod
+    async def assignments(
+        self, exp: ExperimentSettings, units: Sequence[str]
+    ) -> dict[str, tuple[str, float]]:
+        """The sticky ``(arm, propensity)`` of each unit that has one, in one round trip.
+        Assignments are written with the decision (:class:`LoggedDecision` ``assign``) and
+        last ``exp.sticky_seconds`` from the first."""
+
+    @abstractmethod
+    async def log_shadow(self, exp: ExperimentSettings, calls: Sequence[ShadowCall]) -> None:
+        """Count mirrored calls of shadow arms (stats under ``shadow/<name>``)."""
+
+    @abstractmethod
+    async def take_token(self, bucket: str, rate: float, burst: int) -> float | None:
+        """Spend a token of a rate limit shared by every replica: None when one was
+        there, else the seconds until one will be."""
+
+    @abstractmethod
+    async def signing_keys(self, candidate: str) -> dict[str, str]:
+        """Event-id signing keys shared by every replica (``{key id: secret}``): the
+        first caller's ``candidate`` becomes key ``k1`` when none exists yet."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -20,6 +20,7 @@ from bandit_serve.store.base import (
     LoggedDecision,
     RewardOutcome,
     SettleReport,
+    ShadowCall,
     Snapshot,
     Store,
     reward_units,
@@ -35,6 +36,16 @@ class _Event:
     deadline: float
     expires_at: float
     state: EventState = EventState.PENDING
+    unit: str | None = None
+
+
+@dataclass
+class _Unit:
+    arm: str
+    propensity: float
+    expires_at: float
+    n: int = 0
+    s: float = 0.0
 
 
 @dataclass
@@ -44,6 +55,7 @@ class _Epoch:
     # start -> (expires, arms)
     buckets: dict[int, tuple[float, defaultdict[str, ArmTotals]]] = field(default_factory=dict)
     since: dict[str, dict[str, ArmTotals]] = field(default_factory=dict)
+    units: dict[str, _Unit] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +79,22 @@ def _add_reward(t: ArmTotals, reward: float, propensity: float) -> None:
         t.ipw_sum += reward / propensity
 
 
+def _unit_reward(e: _Epoch, unit: str | None, totals: list[ArmTotals], r: float) -> None:
+    """Move the unit's mean reward (the Lua scripts' ``Units:reward``)."""
+    u = e.units.get(unit) if unit is not None else None
+    if u is None:
+        return
+    m0 = u.s / u.n if u.n else 0.0
+    first = u.n == 0
+    u.n += 1
+    u.s += r
+    m1 = u.s / u.n
+    for t in totals:
+        t.rewarded_units += int(first)
+        t.unit_mean_sum += m1 - m0
+        t.unit_mean_sq += m1 * m1 - m0 * m0
+
+
 def _copy(t: ArmTotals) -> ArmTotals:
     return replace(t, latency=dict(t.latency))
 
@@ -78,6 +106,8 @@ class MemoryStore(Store):
         super().__init__(clock)
         self._lock = asyncio.Lock()
         self._exps: dict[str, _Experiment] = {}
+        self._quotas: dict[str, tuple[float, float]] = {}
+        self._signing: dict[str, str] = {}
 
     async def check(self) -> None:
         """Always healthy: it lives in this process."""
@@ -117,13 +147,31 @@ class MemoryStore(Store):
             now = self.clock()
             deadline = now + exp.wait_seconds
             e = self._exp(exp.name).data
-            fresh = [d for d in dict.fromkeys(decisions) if d.event_id not in e.events]
+            fresh: list[LoggedDecision] = []
+            for d in decisions:  # the first of each event id, in order
+                if d.event_id not in e.events and all(d.event_id != f.event_id for f in fresh):
+                    fresh.append(d)
             if fresh:
                 for arm, x in (expected or {}).items():
                     for t in self._both(e, exp, now, arm):
                         t.expected_pulls += x
             for d in fresh:
                 state = EventState.PENDING
+                if d.unit is not None and d.assign:
+                    u = self._unit(e, d.unit, now)
+                    if u is None or d.assign == 2:
+                        if u is None:
+                            for t in self._both(e, exp, now, d.arm):
+                                t.units += 1
+                            for arm, x in (d.unit_expected or {}).items():
+                                for t in self._both(e, exp, now, arm):
+                                    t.expected_units += x
+                        e.units[d.unit] = _Unit(
+                            d.arm,
+                            d.propensity,
+                            now + exp.sticky_seconds,
+                            *((u.n, u.s) if u is not None else (0, 0.0)),
+                        )
                 for t in self._both(e, exp, now, d.arm):
                     t.pulls += 1
                     if d.latency_bin is not None:
@@ -139,8 +187,15 @@ class MemoryStore(Store):
                     elif d.failed:
                         state = EventState.REWARDED
                         _add_reward(t, exp.error_reward, d.propensity)
+                if state is EventState.REWARDED:
+                    _unit_reward(e, d.unit, list(self._both(e, exp, now, d.arm)), exp.error_reward)
                 e.events[d.event_id] = _Event(
-                    d.arm, d.propensity, deadline, deadline + exp.retention_seconds, state
+                    d.arm,
+                    d.propensity,
+                    deadline,
+                    deadline + exp.retention_seconds,
+                    state,
+                    d.unit,
                 )
             return [
                 DecisionRecord(d.event_id, d.arm, d.propensity, now, deadline) for d in decisions
@@ -170,8 +225,10 @@ class MemoryStore(Store):
                         t.late += 1
                 else:
                     ev.state = EventState.REWARDED
-                    for t in self._both(e, exp, now, ev.arm):
+                    both = list(self._both(e, exp, now, ev.arm))
+                    for t in both:
                         _add_reward(t, reward, ev.propensity)
+                    _unit_reward(e, ev.unit, both, reward)
                     out.append(RewardOutcome.APPLIED)
             return out
 
@@ -208,13 +265,69 @@ class MemoryStore(Store):
                     report += SettleReport(dropped=1)
                 else:
                     ev.state = EventState.DEFAULTED
-                    for t in self._both(e, exp, now, ev.arm):
+                    both = list(self._both(e, exp, now, ev.arm))
+                    for t in both:
                         _add_reward(t, exp.default_reward, ev.propensity)
                         t.defaulted += 1
+                    _unit_reward(e, ev.unit, both, exp.default_reward)
                     report += SettleReport(defaulted=1)
             for eid in [k for k, ev in e.events.items() if now >= ev.expires_at]:
                 del e.events[eid]
             return report
+
+    def _unit(self, e: _Epoch, unit: str, now: float) -> _Unit | None:
+        u = e.units.get(unit)
+        if u is not None and now >= u.expires_at:
+            del e.units[unit]
+            return None
+        return u
+
+    # -- assignment, shadow, quotas, signing --------------------------------------------
+
+    async def assignments(
+        self, exp: ExperimentSettings, units: Sequence[str]
+    ) -> dict[str, tuple[str, float]]:
+        async with self._lock:
+            now = self.clock()
+            e = self._exp(exp.name).data
+            out = {}
+            for unit in units:
+                u = self._unit(e, unit, now)
+                if u is not None:
+                    out[unit] = (u.arm, u.propensity)
+            return out
+
+    async def log_shadow(self, exp: ExperimentSettings, calls: Sequence[ShadowCall]) -> None:
+        async with self._lock:
+            now = self.clock()
+            e = self._exp(exp.name).data
+            for c in calls:
+                for t in self._both(e, exp, now, f"shadow/{c.arm}"):
+                    t.calls += 1
+                    t.latency[c.latency_bin] = t.latency.get(c.latency_bin, 0) + 1
+                    t.errors += int(c.failed)
+                    if c.equal is not None:
+                        t.shadow_compared += 1
+                        t.shadow_agreed += int(c.equal)
+                    if c.abs_diff is not None:
+                        t.shadow_numeric += 1
+                        t.shadow_abs_diff += c.abs_diff
+
+    async def take_token(self, bucket: str, rate: float, burst: int) -> float | None:
+        async with self._lock:
+            now = self.clock()
+            tokens, then = self._quotas.get(bucket, (float(burst), now))
+            tokens = min(float(burst), tokens + max(0.0, now - then) * rate)
+            if tokens >= 1:
+                self._quotas[bucket] = (tokens - 1, now)
+                return None
+            self._quotas[bucket] = (tokens, now)
+            return (1 - tokens) / rate
+
+    async def signing_keys(self, candidate: str) -> dict[str, str]:
+        async with self._lock:
+            self._signing.setdefault("k1", candidate)
+            return dict(self._signing)
 
     # -- reading -----------------------------------------------------------------------
 

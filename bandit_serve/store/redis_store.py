@@ -58,6 +58,7 @@ from bandit_serve.store.base import (
     LoggedDecision,
     RewardOutcome,
     SettleReport,
+    ShadowCall,
     Snapshot,
     Store,
 )
@@ -133,12 +134,20 @@ class ExperimentKeys:
     def event(self, event_id: str) -> str:
         return f"{self.prefix}:ev:{event_id}"
 
+    def unit(self, unit_id: str) -> str:
+        return f"{self.prefix}:u:{unit_id}"
+
     def bucket(self, start: int) -> str:
         return f"{self.prefix}:b:{start}"
 
 
 def _ms(t: float) -> int:
     return round(t * 1000)
+
+
+def _counts(expected: Mapping[str, float]) -> str:
+    """Per-arm numbers as the scripts read them: ``arm=x;arm=y``."""
+    return ";".join(f"{arm}={x!r}" for arm, x in expected.items())
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -202,7 +211,16 @@ class RedisStore(Store):
         self._log_batchers: dict[ExperimentSettings, Coalescer[_LogItem, str]] = {}
         self._scripts: dict[str, AsyncScript] = {
             name: self.client.register_script(_script_source(name))
-            for name in ("log", "reward", "settle", "withdraw", "read", "transition")
+            for name in (
+                "log",
+                "reward",
+                "settle",
+                "withdraw",
+                "read",
+                "transition",
+                "shadow",
+                "quota",
+            )
         }
 
     @classmethod
@@ -394,10 +412,13 @@ class RedisStore(Store):
                 _ms(deadline),
                 _ms(deadline + exp.retention_seconds),
                 bucket_expire,
-                ";".join(f"{arm}={x!r}" for arm, x in expected.items()),
+                _counts(expected),
                 exp.on_model_error,
                 repr(exp.error_reward),
+                _ms(exp.sticky_seconds),
+                len(items),
             ]
+            unit_keys: dict[str, int] = {}
             for d, _ in items:
                 flags = (
                     ("f" if d.failed else "")
@@ -405,9 +426,20 @@ class RedisStore(Store):
                     + ("r" if d.rejected else "")
                 )
                 bin_ = "" if d.latency_bin is None else str(d.latency_bin)
-                args += [d.arm, repr(float(d.propensity)), flags, bin_]
+                ui = 0
+                if d.unit is not None:
+                    ui = unit_keys.setdefault(k.unit(d.unit), len(unit_keys) + 1)
+                args += [
+                    d.arm,
+                    repr(float(d.propensity)),
+                    flags,
+                    bin_,
+                    ui,
+                    d.assign,
+                    _counts(d.unit_expected or {}),
+                ]
             keys = [k.ctl, k.totals, k.due, bucket, *(k.event(d.event_id) for d, _ in items)]
-            return keys, args
+            return [*keys, *unit_keys], args
 
         durable = self._durable(exp)
         written = await self._script("log", exp.name, make, durable=durable)
@@ -534,6 +566,60 @@ class RedisStore(Store):
 
         raws = await self._call("buckets", self._conn.retrying(fetch, k.ctl))
         return [Bucket(s, _parse_arms(raw)) for s, raw in zip(starts, raws, strict=True) if raw]
+
+    # -- assignment, shadow, quotas, signing --------------------------------------------
+
+    async def assignments(
+        self, exp: ExperimentSettings, units: Sequence[str]
+    ) -> dict[str, tuple[str, float]]:
+        if not units:
+            return {}
+        k = self.keys(exp.name)
+
+        async def fetch() -> list[list[str | None]]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for u in units:
+                    pipe.hmget(k.unit(u), "arm", "p")
+                return list(await pipe.execute())
+
+        out = {}
+        for u, (arm, p) in zip(units, await self._call("assignments", fetch()), strict=True):
+            if arm is not None and p is not None:
+                out[u] = (arm, float(p))
+        return out
+
+    async def log_shadow(self, exp: ExperimentSettings, calls: Sequence[ShadowCall]) -> None:
+        if not calls:
+            return
+        now = self.clock()
+
+        def make(k: ExperimentKeys) -> tuple[list[str], list[Any]]:
+            bucket, bucket_expire = self._bucket(k, exp, now)
+            args: list[Any] = [k.epoch, bucket_expire]
+            for c in calls:
+                args += [
+                    f"shadow/{c.arm}",
+                    "f" if c.failed else "",
+                    c.latency_bin,
+                    "" if c.equal is None else int(c.equal),
+                    "" if c.abs_diff is None else repr(float(c.abs_diff)),
+                ]
+            return [k.ctl, k.totals, bucket], args
+
+        await self._script("shadow", exp.name, make)
+
+    async def take_token(self, bucket: str, rate: float, burst: int) -> float | None:
+        key = f"bandit:quota:{{{bucket}}}"
+        wait = await self._call(
+            "quota", self._scripts["quota"]([key], [_ms(self.clock()), repr(rate), burst])
+        )
+        return None if int(wait) == 0 else int(wait) / 1000
+
+    async def signing_keys(self, candidate: str) -> dict[str, str]:
+        key = "bandit:{signing}"
+        await self._call("signing keys", self.client.hsetnx(key, "k1", candidate))
+        raw = await self._call("signing keys", self.client.hgetall(key))
+        return dict(cast(dict[str, str], raw))
 
     # -- control -----------------------------------------------------------------------
 

@@ -90,3 +90,49 @@ end
 local function due_member(key, arm)
   return string.match(key, ':ev:(.*)$') .. ':' .. arm
 end
+
+-- Unit-level statistics (sticky assignment makes the unit the unit of analysis). A
+-- unit's hash holds its arm ('arm'), the propensity of its assignment ('p'), and the
+-- count ('n') and sum ('s') of its rewards; each arm keeps the number of its units with
+-- a reward ('urew') and the sum and sum of squares of their mean rewards ('umean',
+-- 'umean2'), moved by the change of a unit's mean at each reward.
+local Units = {}
+Units.__index = Units
+
+local function new_units()
+  return setmetatable({cache = {}}, Units)
+end
+
+function Units:get(ukey)
+  local u = self.cache[ukey]
+  if not u then
+    local rec = redis.call('HMGET', ukey, 'n', 's')
+    u = {n = tonumber(rec[1] or '0'), s = tonumber(rec[2] or '0'), dirty = false}
+    self.cache[ukey] = u
+  end
+  return u
+end
+
+function Units:reward(deltas, ukey, arm, r)
+  local u = self:get(ukey)
+  local m0 = 0
+  if u.n > 0 then
+    m0 = u.s / u.n
+  else
+    deltas:add(arm, 'urew', 1)
+  end
+  u.n = u.n + 1
+  u.s = u.s + r
+  u.dirty = true
+  local m1 = u.s / u.n
+  deltas:add(arm, 'umean', m1 - m0)
+  deltas:add(arm, 'umean2', m1 * m1 - m0 * m0)
+end
+
+function Units:write()
+  for ukey, u in pairs(self.cache) do
+    if u.dirty then
+      redis.call('HSET', ukey, 'n', fmt_int(u.n), 's', string.format('%.17g', u.s))
+    end
+  end
+end

@@ -17,14 +17,35 @@ end
 local totals, due, bucket = KEYS[2], KEYS[3], KEYS[4]
 local now, deadline = ARGV[2], ARGV[3]
 local mode, error_reward = ARGV[7], tonumber(ARGV[8])
-local first_key, first_arg, per = 5, 9, 4
+local sticky_ms, n_events = ARGV[9], tonumber(ARGV[10])
+local first_key, first_arg, per = 5, 11, 7
+local first_unit = first_key + n_events
 local deltas = new_deltas()
+local ustats = new_units()
 local fresh = {}
-for i = first_key, #KEYS do
+local assigned = {}
+for i = first_key, first_unit - 1 do
   local key = KEYS[i]
   if redis.call('EXISTS', key) == 0 and not fresh[key] then
     local a = first_arg + (i - first_key) * per
     local arm, p, flags, bin = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
+    local ui, assign = tonumber(ARGV[a + 4]), ARGV[a + 5]
+    local ukey = false
+    if ui > 0 then
+      ukey = KEYS[first_unit + ui - 1]
+      if assign ~= '0' and not assigned[ukey] then
+        local has = redis.call('HEXISTS', ukey, 'arm') == 1
+        if assign == '2' or not has then
+          assigned[ukey] = {arm, ARGV[a + 1]}
+          if not has then
+            deltas:add(arm, 'ucount', 1)
+            for uarm, v in string.gmatch(ARGV[a + 6], '([^;=]+)=([^;]+)') do
+              deltas:add(uarm, 'upsum', tonumber(v))
+            end
+          end
+        end
+      end
+    end
     local failed, gone = string.find(flags, 'f') ~= nil, string.find(flags, 'g') ~= nil
     local rejected = string.find(flags, 'r') ~= nil
     local st = ST.pending
@@ -45,8 +66,11 @@ for i = first_key, #KEYS do
     elseif failed then
       st = ST.rewarded
       deltas:reward(arm, error_reward, p)
+      if ukey then
+        ustats:reward(deltas, ukey, arm, error_reward)
+      end
     end
-    fresh[key] = {arm, ARGV[a + 1], st}
+    fresh[key] = {arm, ARGV[a + 1], st, ukey}
   end
 end
 if next(fresh) == nil then  -- a fully retried call adds nothing
@@ -60,9 +84,17 @@ if refused_range then
   return refused_range
 end
 local written = 0
+for ukey, a in pairs(assigned) do
+  redis.call('HSET', ukey, 'arm', a[1], 'p', a[2])
+  redis.call('PEXPIRE', ukey, sticky_ms)
+end
+ustats:write()
 for key, rec in pairs(fresh) do
   local arm, st = rec[1], rec[3]
   redis.call('HSET', key, 'arm', arm, 'p', rec[2], 't', now, 'dl', deadline, 'st', st)
+  if rec[4] then
+    redis.call('HSET', key, 'u', rec[4])
+  end
   redis.call('PEXPIREAT', key, ARGV[4])
   if st == ST.pending then
     redis.call('ZADD', due, deadline, due_member(key, arm))

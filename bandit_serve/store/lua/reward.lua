@@ -14,6 +14,7 @@ local low, high = tonumber(ARGV[3]), tonumber(ARGV[4])
 local first_key, first_arg = 5, 6
 local out, apply = {}, {}
 local deltas = new_deltas()
+local ustats = new_units()
 local taken = {}
 for i = first_key, #KEYS do
   local key = KEYS[i]
@@ -22,8 +23,8 @@ for i = first_key, #KEYS do
   if r == nil or r ~= r or r == math.huge or r == -math.huge or r < low or r > high then
     status = 'invalid'
   else
-    local rec = redis.call('HMGET', key, 'arm', 'dl', 'st', 'p')
-    local arm, dl, st, p = rec[1], rec[2], rec[3], tonumber(rec[4])
+    local rec = redis.call('HMGET', key, 'arm', 'dl', 'st', 'p', 'u')
+    local arm, dl, st, p, ukey = rec[1], rec[2], rec[3], tonumber(rec[4]), rec[5]
     if not arm then
       status = 'unknown'
     elseif st == ST.rewarded or taken[key] then
@@ -37,6 +38,9 @@ for i = first_key, #KEYS do
       taken[key] = true
       apply[#apply + 1] = {key, arm}
       deltas:reward(arm, r, p)
+      if ukey then
+        ustats:reward(deltas, ukey, arm, r)
+      end
     end
   end
   out[#out + 1] = status
@@ -50,5 +54,6 @@ for _, a in ipairs(apply) do
   redis.call('HSET', a[1], 'st', ST.rewarded)
   redis.call('ZREM', due, due_member(a[1], a[2]))
 end
+ustats:write()
 deltas:write(totals, bucket, ARGV[5])
 return out

@@ -14,6 +14,7 @@ local now, mode = tonumber(ARGV[2]), ARGV[3]
 local default = tonumber(ARGV[4])
 local first_key, first_arg = 5, 6
 local deltas = new_deltas()
+local ustats = new_units()
 local todo = {}
 local seen = {}
 for i = first_key, #KEYS do
@@ -22,8 +23,8 @@ for i = first_key, #KEYS do
   if score and tonumber(score) < now and not seen[member] then
     seen[member] = true
     local arm = string.match(member, '^[^:]*:(.*)$')
-    local rec = redis.call('HMGET', key, 'st', 'p')
-    local st, p = rec[1], tonumber(rec[2])
+    local rec = redis.call('HMGET', key, 'st', 'p', 'u')
+    local st, p, ukey = rec[1], tonumber(rec[2]), rec[3]
     todo[#todo + 1] = {key, member, st}
     if st == false or st == ST.pending then
       if mode == 'drop' then
@@ -31,6 +32,9 @@ for i = first_key, #KEYS do
       else
         deltas:reward(arm, default, p)
         deltas:add(arm, 'defaulted', 1)
+        if ukey then
+          ustats:reward(deltas, ukey, arm, default)
+        end
       end
     end
   end
@@ -49,5 +53,6 @@ for _, t in ipairs(todo) do
     if mode == 'drop' then dropped = dropped + 1 else defaulted = defaulted + 1 end
   end
 end
+ustats:write()
 deltas:write(totals, bucket, ARGV[5])
 return {defaulted, dropped}

@@ -1,0 +1,276 @@
+"""Sticky units under a bandit, the unit as the unit of analysis, shadow arms, signed
+event ids and per-key quotas (the service without Ray, real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_serve.config import AppConfig, key_digest
+from bandit_serve.service.core import BanditService, ExperimentRouter
+from bandit_serve.service.local import LocalModels
+from bandit_serve.service.models import InputContract
+from bandit_serve.store import RedisStore, RewardOutcome, Store
+from tests.conftest import ManualClock, delete_experiment_keys
+from tests.fixtures import models as fixtures
+from tests.test_service_api import Harness
+
+
+def experiment(name: str, arms: dict[str, str], **exp: Any) -> AppConfig:
+    exp.setdefault("policy", {"kind": "thompson"})
+    exp.setdefault("reward", {"kind": "bernoulli"})
+    return AppConfig.model_validate(
+        {
+            "experiments": [
+                {
+                    "name": name,
+                    "arms": [
+                        {"name": a, "model": f"tests.fixtures.models:{fn}"}
+                        for a, fn in arms.items()
+                    ],
+                    "sync_interval_seconds": 0.01,
+                    **exp,
+                }
+            ]
+        }
+    )
+
+
+class WithShadows(LocalModels):
+    """The in-process models, plus the config's shadow arms (tests/fixtures callables)."""
+
+    def __init__(self, cfg: AppConfig, shadows: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        self.shadows = shadows
+
+    async def __call__(self, experiment: str, arm: str, inputs: Any) -> Any:
+        if arm in self.shadows:
+            out = self.shadows[arm](inputs)
+            return await out if asyncio.iscoroutine(out) else out
+        return await super().__call__(experiment, arm, inputs)
+
+    async def contracts(
+        self, experiment: str, arms: Sequence[str]
+    ) -> dict[str, InputContract | None]:
+        return await super().contracts(experiment, arms)
+
+
+@pytest.fixture
+async def store(redis_url: str, exp_name: str, clock: ManualClock) -> AsyncIterator[Store]:
+    s = RedisStore.from_url(redis_url, clock=clock)
+    yield s
+    await s.close()
+    delete_experiment_keys(redis_url, exp_name)
+
+
+def router(cfg: AppConfig, store: Store, caller: Any = None, seed: int = 1) -> ExperimentRouter:
+    svc = BanditService(cfg, store, caller or LocalModels(cfg), seed=seed)
+    return svc.router(cfg.experiments[0].name)
+
+
+async def test_units_keep_their_first_arm_while_thompson_moves(store: Store, exp_name: str) -> None:
+    """1,000 units x 10 requests while the posterior moves (b is much better): no unit
+    ever changes arm, and each decision logs its first assignment's propensity."""
+    cfg = experiment(
+        exp_name, {"a": "echo_a", "b": "echo_b"}, assignment={"by": "unit_id", "salt": "t"}
+    )
+    r = router(cfg, store)
+    rng = np.random.default_rng(0)
+    first: dict[str, tuple[str, float]] = {}
+    flips = 0
+    for rnd in range(10):
+        for u in range(1000):
+            unit = f"unit-{u}"
+            p = await r.predict([u], unit)
+            assert p.event_id is not None and p.propensity is not None
+            if unit in first:
+                flips += (p.arm, p.propensity) != first[unit]
+            else:
+                first[unit] = (p.arm, p.propensity)
+            if rnd < 3:  # rewards move the posterior towards b
+                reward = float(rng.random() < (0.8 if p.arm == "b" else 0.2))
+                await r.post_rewards([(p.event_id, reward)])
+    assert flips == 0
+    totals = await store.snapshot(exp_name)
+    assert sum(t.units for t in totals.values()) == 1000
+    assert sum(t.pulls for t in totals.values()) == 10_000
+    # the analysis counts units, not requests
+    report = await r.analysis()
+    assert report.unit_of_analysis == "unit"
+    assert sum(a.samples for a in report.arms) == 1000  # units with a reward
+    assert report.srm_p_value > 0.001  # units match the propensities they were drawn with
+
+
+async def test_a_rolled_back_arm_loses_its_sticky_units(store: Store, exp_name: str) -> None:
+    cfg = experiment(
+        exp_name,
+        {"a": "echo_a", "b": "echo_b"},
+        policy={"kind": "fixed"},
+        assignment={"by": "unit_id", "salt": "t"},
+    )
+    r = router(cfg, store)
+    units = [f"u{i}" for i in range(200)]
+    before = {u: (await r.predict([0], u)).arm for u in units}
+    assert set(before.values()) == {"a", "b"}
+    await r.rollback("b", "ops")
+    after = {u: (await r.predict([0], u)).arm for u in units}
+    assert set(after.values()) == {"a"}
+
+
+async def test_unit_level_tests_match_scipy_on_unit_means(store: Store, exp_name: str) -> None:
+    from scipy import stats
+
+    cfg = experiment(
+        exp_name,
+        {"a": "echo_a", "b": "echo_b"},
+        policy={"kind": "fixed"},
+        reward={"kind": "bounded", "low": 0, "high": 10},
+        assignment={"by": "unit_id", "salt": "t"},
+    )
+    r = router(cfg, store)
+    rng = np.random.default_rng(5)
+    means: dict[str, list[float]] = {"a": [], "b": []}
+    for u in range(120):
+        rewards = []
+        arm = ""
+        for _ in range(1 + u % 4):  # units with 1 to 4 requests
+            p = await r.predict([0], f"u{u}")
+            assert p.event_id is not None
+            arm = p.arm
+            x = round(min(10.0, max(0.0, float(rng.normal(5 + (arm == "b"), 2)))), 3)
+            rewards.append(x)
+            assert (await r.post_rewards([(p.event_id, x)])) == [RewardOutcome.APPLIED]
+        means[arm].append(statistics.fmean(rewards))
+    report = await r.analysis(baseline="a")
+    b = report.arm("b")
+    assert b.samples == len(means["b"])
+    ref = stats.ttest_ind(means["b"], means["a"], equal_var=False)
+    assert b.p_value == pytest.approx(float(ref.pvalue), rel=1e-6)
+    assert b.effect == pytest.approx(statistics.fmean(means["b"]) - statistics.fmean(means["a"]))
+
+
+async def test_shadow_arms_are_counted_off_the_answers_path(store: Store, exp_name: str) -> None:
+    async def sleepy_double(inputs: Any) -> Any:
+        await asyncio.sleep(1.0)
+        return {"arm": "a", "inputs": inputs}
+
+    shadows = {"v3": fixtures.echo_a, "slow": sleepy_double}
+    cfg = experiment(
+        exp_name,
+        {"a": "echo_a"},
+        policy={"kind": "fixed"},
+        shadow={
+            "rate": 1.0,
+            "arms": [
+                {"name": "v3", "model": "tests.fixtures.models:echo_a"},
+                {"name": "slow", "model": "tests.fixtures.models:echo_b"},
+            ],
+        },
+    )
+    plain = router(
+        experiment(exp_name + "-plain", {"a": "echo_a"}, policy={"kind": "fixed"}), store
+    )
+    r = router(cfg, store, WithShadows(cfg, shadows))
+
+    async def p50(rt: ExperimentRouter) -> float:
+        times = []
+        for i in range(40):
+            t0 = time.perf_counter()
+            await rt.predict([i])
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    base, shadowed = await p50(plain), await p50(r)
+    assert shadowed <= base * 1.1 + 0.002, (base, shadowed)  # a 1 s shadow does not delay
+    await asyncio.sleep(1.3)  # the mirrored calls finish in the background
+    view = await r.describe()
+    sh = {s["name"]: s for s in view["shadow"]}
+    assert sh["v3"]["calls"] == 40 and sh["v3"]["agreement"]["equal_share"] == 1.0
+    assert sh["slow"]["calls"] == 40 and sh["slow"]["latency"]["p50"] > 0.9
+    assert {a["name"] for a in view["arms"]} == {"a"}  # shadows are never chosen
+    report = await r.analysis()
+    assert [s.name for s in report.shadow] == ["v3", "slow"]
+    delete_experiment_keys_sync(store, exp_name + "-plain")
+
+
+def delete_experiment_keys_sync(store: Store, name: str) -> None:
+    from tests.conftest import REDIS_URL
+
+    delete_experiment_keys(REDIS_URL, name)
+
+
+async def test_forged_foreign_and_replayed_ids_are_never_applied(
+    store: Store, exp_name: str
+) -> None:
+    cfg = experiment(exp_name, {"a": "echo_a", "b": "echo_b"})
+    r = router(cfg, store)
+    p = await r.predict([0])
+    assert p.event_id is not None
+    event, issued, kid, mac = p.event_id.split(".")
+    forged = [
+        f"{event}.{issued}.{kid}.{'A' * 22}",  # a bad MAC
+        f"{'0' * 32}.{issued}.{kid}.{mac}",  # another id under this MAC
+        f"{event}.{issued}.k9.{mac}",  # an unknown key
+        event,  # the bare store id
+        "x" * 70,
+    ]
+    before = await store.snapshot(exp_name)
+    assert await r.post_rewards([(f, 1.0) for f in forged]) == [RewardOutcome.UNKNOWN] * 5
+    other = router(experiment(exp_name + "-b", {"a": "echo_a"}), store)
+    assert await other.post_rewards([(p.event_id, 1.0)]) == [RewardOutcome.UNKNOWN]
+    assert await store.snapshot(exp_name) == before
+    assert await r.post_rewards([(p.event_id, 1.0)]) == [RewardOutcome.APPLIED]
+    assert await r.post_rewards([(p.event_id, 1.0)]) == [RewardOutcome.DUPLICATE]
+    delete_experiment_keys_sync(store, exp_name + "-b")
+
+
+async def test_a_key_over_its_quota_gets_429_and_an_attacker_changes_little(
+    redis_url: str, exp_name: str, clock: ManualClock
+) -> None:
+    """The poisoning drill: a key without valid ids changes nothing; with ids of its own
+    (it may predict) it is bounded by its quota."""
+    raw = experiment(exp_name, {"a": "echo_a", "b": "echo_b"}).model_dump()
+    raw["auth"] = {
+        "keys": [
+            {"name": "app", "sha256": key_digest("k-app"), "scopes": [f"predict:{exp_name}"]},
+            {
+                "name": "attacker",
+                "sha256": key_digest("k-bad"),
+                "scopes": [f"predict:{exp_name}", f"reward:{exp_name}"],
+                "rate_per_second": 5,
+                "burst": 5,
+            },
+        ]
+    }
+    h = Harness(AppConfig.model_validate(raw), RedisStore.from_url(redis_url, clock=clock))
+    try:
+        bad = {"Authorization": "Bearer k-bad"}
+        url = f"/v1/experiments/{exp_name}"
+        before = await h.store.snapshot(exp_name)
+        answers = [
+            await h.client.post(
+                f"{url}/rewards", json={"event_id": "f" * 32, "reward": 1}, headers=bad
+            )
+            for _ in range(5)
+        ]
+        assert [a.json()["status"] for a in answers] == ["unknown"] * 5
+        assert await h.store.snapshot(exp_name) == before  # forged ids: nothing changed
+        codes = []
+        for _ in range(20):  # the attacker's own ids: bounded by its quota
+            a = await h.client.post(f"{url}/predict", json={"inputs": 1}, headers=bad)
+            codes.append(a.status_code)
+        assert codes.count(429) >= 15  # its bucket was spent on the 5 rewards above
+        assert int(a.headers["retry-after"]) >= 1  # the last one was refused too
+        ok = await h.client.post(
+            f"{url}/predict", json={"inputs": 1}, headers={"Authorization": "Bearer k-app"}
+        )
+        assert ok.status_code == 200  # other keys are not affected
+    finally:
+        await h.close()
+        delete_experiment_keys(redis_url, exp_name)
