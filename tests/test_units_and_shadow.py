@@ -274,3 +274,33 @@ async def test_a_key_over_its_quota_gets_429_and_an_attacker_changes_little(
     finally:
         await h.close()
         delete_experiment_keys(redis_url, exp_name)
+
+
+async def test_signing_keys_from_the_environment_rotate(
+    store: Store, exp_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first key signs, every key verifies: ids issued before a rotation still count."""
+
+    def cfg() -> AppConfig:
+        raw = experiment(exp_name, {"a": "echo_a"}).model_dump()
+        raw["auth"] = {
+            "keys": [{"name": "x", "sha256": key_digest("x"), "scopes": ["read"]}],
+            "signing_keys_env": "TEST_SIGNING_KEYS",
+        }
+        return AppConfig.model_validate(raw)
+
+    monkeypatch.setenv("TEST_SIGNING_KEYS", "old:" + "o" * 20)
+    r1 = router(cfg(), store)
+    p = await r1.predict([0])
+    assert p.event_id is not None and ".old." in p.event_id
+    monkeypatch.setenv("TEST_SIGNING_KEYS", "new:" + "n" * 20 + ",old:" + "o" * 20)
+    r2 = router(cfg(), store)
+    q = await r2.predict([0])
+    assert q.event_id is not None and ".new." in q.event_id
+    assert await r2.post_rewards([(p.event_id, 1.0), (q.event_id, 1.0)]) == [
+        RewardOutcome.APPLIED,
+        RewardOutcome.APPLIED,
+    ]
+    monkeypatch.setenv("TEST_SIGNING_KEYS", "bad")
+    with pytest.raises(ValueError, match="TEST_SIGNING_KEYS"):
+        router(cfg(), store)

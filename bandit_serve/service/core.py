@@ -836,6 +836,8 @@ class BanditService:
         self.settle_every = settle_every
         self.routers: dict[str, ExperimentRouter] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._store_signer = _store_signer(store)
+        self._env_signer: Signer | None = None
         self.authenticator: Authenticator | None = None
         self.rate_limiter: Limiter | None = self._take_token
         from bandit_serve.safety.notify import Notifier
@@ -849,6 +851,8 @@ class BanditService:
         reload never undoes an action; a new arm starts from the prior."""
         self.cfg = cfg
         self.authenticator = None if cfg.auth is None else Authenticator(cfg.auth)
+        env = None if cfg.auth is None else cfg.auth.signing_keys_env
+        self._env_signer = None if env is None else Signer.from_env(env)
         routers = {}
         for i, exp in enumerate(cfg.experiments):
             r = self.routers.get(exp.name)
@@ -861,11 +865,19 @@ class BanditService:
                     seed=seed,
                     model_timeout=self.model_timeout,
                     on_events=self.notifier.send,
+                    signer=self._signer,
                 )
             elif r.cfg != exp:
                 r.configure(exp)
             routers[exp.name] = r
         self.routers = routers
+
+    async def _signer(self) -> Signer:
+        """The event-id signer: keys from the environment (``auth.signing_keys_env``), or
+        one key made once and kept in the store for every replica."""
+        if self._env_signer is not None:
+            return self._env_signer
+        return await self._store_signer()
 
     async def _take_token(self, key: ApiKeyConfig) -> float | None:
         """A key's quota, shared by every replica (a token bucket in the store)."""
