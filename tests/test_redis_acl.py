@@ -20,6 +20,7 @@ from bandit_serve.store import (
     LoggedDecision,
     RedisStore,
     RewardOutcome,
+    ShadowCall,
     new_event_id,
 )
 from tests.conftest import ManualClock, delete_experiment_keys
@@ -92,6 +93,12 @@ async def exercise(store: RedisStore, exp: ExperimentSettings, clock: ManualCloc
     assert [e.kind for e in await store.events(exp.name)] == ["pause"]
     assert await store.transition(exp, 1, Control({}), new_epoch=True) is not None
     assert (await store.snapshot(exp.name)) == {}
+    sticky = LoggedDecision(new_event_id(), "a", 0.5, unit="u1", assign=1, unit_expected={"a": 1})
+    await store.log_decisions(exp, [sticky])
+    assert await store.assignments(exp, ["u1", "u2"]) == {"u1": ("a", 0.5)}
+    await store.log_shadow(exp, [ShadowCall("v3", False, 40, True, 0.0)])
+    assert await store.take_token("acl-test", 10.0, 2) is None
+    assert "k1" in await store.signing_keys("a-secret-of-sixteen")
     await store.check()
 
 

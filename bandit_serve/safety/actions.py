@@ -50,6 +50,7 @@ VIOLATIONS = "viol:"  # viol:<arm>|<rule id> -> violations acted upon (a counter
 CONFIG = "config"  # a digest of the config last announced
 PAUSED_AT = "paused_at"  # when the current pause began (a canary's clock stops)
 SALT = "salt"  # the experiment's assignment salt, when the config gives none
+RESET_TOKEN = "reset_token"  # the last reset request (a retried write resets once)
 
 
 @dataclass(frozen=True)
@@ -200,10 +201,18 @@ def resume(ctl: Control, *, actor: str, reason: str = "") -> Transition:
     return Transition(ctl.with_items(changes), (event,))
 
 
-def reset(ctl: Control, *, actor: str, reason: str = "") -> Transition:
+def reset(ctl: Control, *, actor: str, reason: str = "", token: str | None = None) -> Transition:
     """A fresh start: a new epoch. Arm statuses and the audit log survive; alerts and
-    restore marks (which refer to the old statistics) do not."""
-    changes = {**_clear_prefix(ctl, ALERT), **_clear_prefix(ctl, "restored:")}
+    restore marks (which refer to the old statistics) do not. ``token`` names one reset
+    request: deciding again after a retried write (the first may have landed) sees its
+    own token and changes nothing, so a retry never resets twice."""
+    if token is not None and ctl.get(RESET_TOKEN) == token:
+        return _unchanged(ctl)
+    changes: dict[str, str | None] = {
+        **_clear_prefix(ctl, ALERT),
+        **_clear_prefix(ctl, "restored:"),
+        RESET_TOKEN: token,
+    }
     event = _event(
         "reset",
         None,

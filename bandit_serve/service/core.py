@@ -603,7 +603,8 @@ class ExperimentRouter:
         return await self.act(lambda c: actions.resume(c, actor=actor, reason=reason))
 
     async def reset(self, actor: str, reason: str = "") -> bool:
-        return await self.act(lambda c: actions.reset(c, actor=actor, reason=reason))
+        token = secrets.token_hex(8)  # one request: retries of it reset once
+        return await self.act(lambda c: actions.reset(c, actor=actor, reason=reason, token=token))
 
     async def check_guardrails(self) -> list[Finding]:
         """Evaluate every rule; roll back (or alert about) each violating arm, once."""
