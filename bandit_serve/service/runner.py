@@ -14,6 +14,7 @@ everything it started.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -103,6 +104,13 @@ def _start_ray(address: str | None, stop: threading.Event) -> None:
         ray.init(address=address, log_to_driver=False)
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
+
+
+async def _verify_store(url: str) -> None:
+    from bandit_serve.store import RedisStore
+
+    store = await RedisStore.open(url)
+    await store.close()
 
 
 def _deploy(args: AppArgs) -> None:
@@ -217,6 +225,12 @@ def run_service(
     if redact(url) != url:  # a secret: replicas inherit it from the environment, never
         os.environ["REDIS_URL"] = url  # from Serve's stored deployment arguments
     local = _local_redis(url, address, data_dir, echo)
+    try:
+        asyncio.run(_verify_store(url))  # a wrong topology or credentials: one line, now
+    except BanditServeError:
+        if local is not None:
+            local.stop()
+        raise
     stop = threading.Event()
     try:
         _start_ray(address, stop)
