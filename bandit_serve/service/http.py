@@ -64,6 +64,17 @@ class Detail(BaseModel):
     detail: str
 
 
+class Problem(BaseModel):
+    loc: list[str | int] = Field(description="Where: body, query or path, then the field.")
+    msg: str
+
+
+class Invalid(BaseModel):
+    detail: str | list[Problem] = Field(
+        description="A sentence, or one entry per invalid field (the input is never echoed)."
+    )
+
+
 class ErrorDetail(Detail):
     error_id: str = Field(description="Quote it when asking about this answer (it is in the log).")
 
@@ -81,8 +92,14 @@ class ModelFailed(ErrorDetail):
 
 def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for every status a route can answer besides 200."""
-    models: dict[int, type[BaseModel]] = {502: ModelFailed, 503: StoreUnavailable, 500: ErrorDetail}
+    models: dict[int, type[BaseModel]] = {
+        422: Invalid,
+        502: ModelFailed,
+        503: StoreUnavailable,
+        500: ErrorDetail,
+    }
     descriptions = {
+        400: "The request could not be read (a body that is not JSON text, a bad header).",
         401: "No valid API key (auth on).",
         403: "The key lacks the route's scope.",
         404: "Unknown experiment, arm or event.",
@@ -97,7 +114,7 @@ def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
     return {
         c: {"model": models.get(c, Detail), "description": descriptions[c]}
-        for c in (*codes, 401, 403, 500)
+        for c in (*codes, 400, 401, 403, 500)
     }
 
 
@@ -460,8 +477,16 @@ def create_api(
         reason = body.reason if body else ""
         return await _acted(router, await router.reset(_actor(request), reason))
 
-    @api.get("/metrics", responses=_documented(503))
+    @api.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            **_documented(503),
+        },
+    )
     async def get_metrics() -> Response:
+        """Prometheus text exposition (see the README's metrics)."""
         views = []
         for r in get_service().routers.values():
             snap = await r.store.read(r.settings.name)
