@@ -4,6 +4,7 @@ nothing (real Redis, the HTTP API without Ray)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -290,3 +291,45 @@ async def test_a_bad_input_corpus_gets_4xx_and_changes_nothing(h: Harness, exp_n
     assert after == before
     assert events_after == events_before
     assert not odd, odd
+
+
+async def test_redis_at_maxmemory_is_a_clear_503_and_nothing_half_written(
+    own_redis: Any, exp_name: str
+) -> None:
+    """At maxmemory (noeviction) the scripts are refused whole, before any write: the
+    client gets 503 with Retry-After, and the counts are what they were."""
+    import redis as sync_redis
+
+    from bandit_serve.store import RedisStore
+
+    store = RedisStore.from_url(own_redis.url, timeout=2.0)
+    h = Harness(app_config(exp_name, {"a": "echo_a", "b": "echo_b"}), store)
+    admin = sync_redis.Redis.from_url(own_redis.url)
+    try:
+        ok = (await h.predict(exp_name)).json()
+        before = await store.snapshot(exp_name)
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", str(used + 64 * 1024))
+        filler = 0
+        with contextlib.suppress(sync_redis.ResponseError):  # OOM: full
+            while filler < 100_000:
+                admin.set(f"filler:{filler}", "x" * 1024)
+                filler += 1
+        r = await h.predict(exp_name)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "127.0.0.1" not in r.text and r.json()["error_id"]
+        r = await h.client.post(
+            f"/v1/experiments/{exp_name}/rewards", json={"event_id": ok["event_id"], "reward": 1}
+        )
+        assert r.status_code == 503
+        assert await store.snapshot(exp_name) == before  # nothing half-written
+        admin.config_set("maxmemory", "0")
+        assert (await h.predict(exp_name)).status_code == 200
+        r = await h.client.post(
+            f"/v1/experiments/{exp_name}/rewards", json={"event_id": ok["event_id"], "reward": 1}
+        )
+        assert r.json()["status"] == "applied"
+    finally:
+        admin.close()
+        await h.close()

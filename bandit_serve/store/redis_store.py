@@ -75,6 +75,7 @@ __all__ = ["ExperimentKeys", "RedisStore"]
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _STALE = "STALE_EPOCH"
+_READ_ONLY = frozenset({"read"})
 T = TypeVar("T")
 Item = TypeVar("Item")
 _LogItem = tuple[LoggedDecision, dict[str, float] | None]  # the decision, expected counts
@@ -93,7 +94,10 @@ def _script_source(name: str) -> str:
     # The shebang makes Redis (>= 7) refuse the whole script up front when it is short of
     # memory, instead of failing at a write half way through.
     common = (lua / "common.lua").read_text()
-    return "#!lua\n" + _prelude() + common + "\n" + (lua / f"{name}.lua").read_text()
+    # A read-only script says so: Redis then runs it even at maxmemory (the experiment's
+    # view and its metrics keep answering while writes are refused).
+    shebang = "#!lua flags=no-writes\n" if name in _READ_ONLY else "#!lua\n"
+    return shebang + _prelude() + common + "\n" + (lua / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)
