@@ -294,3 +294,13 @@ async def test_layers_keep_experiments_apart(redis_url: str, clock: ManualClock)
         await store.close()
         for n in names:
             delete_experiment_keys(redis_url, n)
+
+
+async def test_the_canary_weight_is_a_metric(store: Store, exp_name: str) -> None:
+    from bandit_serve.service import metrics
+
+    _, r = service(canary(exp_name), store)
+    await r.check_guardrails()
+    snap = await store.read(exp_name)
+    text = metrics.render([metrics.ExperimentMetrics(await r.describe(snap), snap)]).decode()
+    assert f'bandit_canary_weight{{candidate="v2",experiment="{exp_name}"}} 0.1' in text

@@ -142,6 +142,11 @@ class _StoreView(Collector):
             "1 for the experiment's current state.",
             labels=["experiment", "state"],
         )
+        canary_weight = GaugeMetricFamily(
+            "bandit_canary_weight",
+            "The canary candidate's share of the traffic at its current step.",
+            labels=["experiment", "candidate"],
+        )
         shadow_calls = CounterMetricFamily(
             "bandit_shadow_calls",
             "Mirrored calls to shadow arms, by outcome (ok, error).",
@@ -180,6 +185,12 @@ class _StoreView(Collector):
                 posterior.add_metric(lv, a["posterior"]["mean"])
                 for st_ in ArmStatus:
                     status.add_metric([*lv, st_.value], float(a["status"] == st_.value))
+            c = e.get("canary")
+            if c is not None:
+                cand = e["policy"].get("candidate", "")
+                live = c["phase"] in ("running", "paused", "awaiting_promotion")
+                weight = c["weight"] if live else (1.0 if c["phase"] == "promoted" else 0.0)
+                canary_weight.add_metric([name, cand], weight)
             for sh in e.get("shadow") or []:
                 shadow_calls.add_metric([name, sh["name"], "ok"], sh["calls"] - sh["errors"])
                 shadow_calls.add_metric([name, sh["name"], "error"], sh["errors"])
@@ -203,6 +214,7 @@ class _StoreView(Collector):
             violations,
             shadow_calls,
             shadow_agreement,
+            canary_weight,
         )
 
 
