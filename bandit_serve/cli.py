@@ -80,8 +80,8 @@ def check(
         bool,
         typer.Option(
             "--load-models/--no-load-models",
-            help="Load every arm's model (import callables, unpickle joblib files), as the "
-            "service will.",
+            help="Load every arm's model (import callables, unpickle joblib files, open ONNX "
+            "files), probe endpoints and look for Serve deployments, as the service will.",
         ),
     ] = True,
 ) -> None:
@@ -114,20 +114,83 @@ def check(
 
 
 def _unloadable(arms: Sequence[ArmConfig]) -> list[tuple[str, str]]:
-    """The arms whose model cannot be loaded, each with the cause in one line."""
-    from bandit_serve.config import SklearnModel
-    from bandit_serve.service.models import LoadedModel
+    """The arms whose model cannot be loaded or reached, each with the cause in one line:
+    a file or callable that does not load, an endpoint that does not answer a probe (or
+    whose credentials' variable is not set), a Serve deployment that is not running."""
+    from bandit_serve.config.models import DeploymentModel
 
-    failed = []
+    failed = {}
+    deployments = []
     for arm in arms:
-        ref = arm.model
-        what = f"model file {ref.path}" if isinstance(ref, SklearnModel) else ref.target
+        if isinstance(arm.model, DeploymentModel):
+            deployments.append(arm)
+            continue
+        problem = _load_problem(arm.model)
+        if problem is not None:
+            failed[arm.name] = problem
+    failed.update(_missing_deployments(deployments))
+    return [(arm.name, failed[arm.name]) for arm in arms if arm.name in failed]
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _load_problem(ref: Any) -> str | None:
+    """Why a model of this process's kinds does not load (an endpoint: is not reached)."""
+    import asyncio
+
+    from bandit_serve.config.models import HttpModel, OnnxModel, SklearnModel
+    from bandit_serve.models import LoadedModel
+    from bandit_serve.models.http import HttpArm
+
+    if isinstance(ref, HttpModel):
         try:
-            LoadedModel(ref)
-        except Exception as err:  # any failure of the model's own code is the finding
-            cause = " ".join(f"{type(err).__name__}: {err}".split())
-            failed.append((arm.name, f"cannot load {what}: {cause}"))
-    return failed
+            arm = HttpArm(ref)
+        except ConfigError as err:  # names the variable, never a value
+            return f"endpoint {ref.url}: {err}"
+
+        async def probe() -> str | None:
+            try:
+                return await arm.probe()
+            finally:
+                await arm.aclose()
+
+        return asyncio.run(probe())
+    if isinstance(ref, SklearnModel):
+        what = f"model file {ref.path}"
+    elif isinstance(ref, OnnxModel):
+        what = f"ONNX file {ref.path}"
+    else:
+        what = ref.target
+    try:
+        LoadedModel(ref)
+    except Exception as err:  # any failure of the model's own code is the finding
+        return f"cannot load {what}: {_one_line(err)}"
+    return None
+
+
+def _missing_deployments(arms: Sequence[ArmConfig]) -> dict[str, str]:
+    """The ``deployment`` arms whose Serve deployment is not running, looked up on the
+    cluster this process is connected to, else at ``RAY_ADDRESS``."""
+    if not arms:
+        return {}
+    from bandit_serve.config.models import DeploymentModel
+    from bandit_serve.service.serve_app import check_deployments
+
+    refs = [arm.model for arm in arms if isinstance(arm.model, DeploymentModel)]
+    try:
+        problems = check_deployments(refs, os.environ.get("RAY_ADDRESS"))
+    except ConnectionError as err:
+        return {
+            arm.name: f"cannot look for Serve deployment {ref.app}/{ref.deployment}: {err}"
+            for arm, ref in zip(arms, refs, strict=True)
+        }
+    return {
+        arm.name: problem
+        for arm, problem in zip(arms, problems, strict=True)
+        if problem is not None
+    }
 
 
 @app.command()

@@ -13,7 +13,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from bandit_serve.config import CallableModel, load_config
-from bandit_serve.service.models import LoadedModel
+from bandit_serve.models import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -47,12 +47,12 @@ from bandit_serve.errors import (
     UnknownArmError,
     UnknownExperimentError,
 )
+from bandit_serve.models import InputContract
 from bandit_serve.policies import ArmStats, Canary, FrozenDistribution
 from bandit_serve.safety import actions, canary
 from bandit_serve.safety.guardrails import Finding, evaluate, latency_summary
 from bandit_serve.service import metrics
 from bandit_serve.service.auth import Authenticator, Limiter
-from bandit_serve.service.models import InputContract
 from bandit_serve.service.signing import Signer
 from bandit_serve.stats import AnalysisReport, analyze, arm_posterior, histogram
 from bandit_serve.stats.analysis import shadow_report
