@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -82,3 +83,101 @@ def test_demo_models_are_built_on_first_use_and_v2_is_stronger(
     assert all(p.is_file() for p in paths)
     assert 0.7 < acc1 < acc2 - 0.05
     assert digit in range(10)
+
+
+# -- input contracts and references of every kind ------------------------------------------
+
+
+def test_input_contracts_by_shape_and_element_type() -> None:
+    from bandit_serve.models import InputContract
+
+    rows = InputContract(3)  # scikit-learn's: the words it always used
+    assert rows.problem([1, 2.5, -3]) is None and rows.problem([[1, 2, 3], [4, 5, 6]]) is None
+    assert rows.problem([1.0, 2.0]) == (
+        "inputs must be one row of 3 numbers or a list of such rows; the row has 2"
+    )
+    assert rows.problem([[1, 2, 3], [1, 2]]) is not None
+    assert rows.problem([1, 2, float("nan")]) is not None and rows.problem([1, 2, True]) is not None
+    ints = InputContract(shape=(2, None), dtype="int32")  # e.g. ONNX [batch, 2, seq] int32
+    assert ints.problem([[1, 2, 3], [4, 5, 6]]) is None  # one item
+    assert ints.problem([[[1], [2]], [[3], [4]]]) is None  # two items of the same shape
+    assert "not 1 as before" in (ints.problem([[[1], [2]], [[3, 4], [5, 6]]]) or "")
+    assert "int32's range" in (ints.problem([[1, 2**40], [3, 4]]) or "")
+    assert ints.problem([[1.0, 2], [3, 4]]) is not None  # integers only
+    text = InputContract(shape=(), dtype="string")
+    assert text.problem("hi") is None and text.problem(["a", "b"]) is None
+    assert text.problem([1]) is not None
+    fixed = InputContract(2, rows=3)  # a model whose batch axis is 3
+    assert fixed.problem([[1, 2]] * 3) is None
+    assert fixed.problem([1, 2]) == "inputs must be a list of 3 such rows: one row of 2 numbers"
+    chat = InputContract(form="chat")
+    assert chat.problem("hi") is None and chat.problem([{"role": "user", "content": "x"}]) is None
+    assert chat.problem([{"role": "user"}]) is not None and chat.problem(3) is not None
+    for c in (rows, ints, text, fixed, chat):
+        assert InputContract.from_dict(c.to_dict()) == c  # as a replica sends it
+
+
+def test_references_of_the_new_kinds_validate_their_shapes() -> None:
+    from pydantic import ValidationError
+
+    from bandit_serve.config import MODEL_REF
+    from bandit_serve.config.models import DeploymentModel, HttpModel, OnnxModel
+
+    assert MODEL_REF.validate_python({"kind": "onnx", "path": "m.onnx"}) == OnnxModel(
+        kind="onnx", path="m.onnx", providers=["CPUExecutionProvider"]
+    )
+    ref = MODEL_REF.validate_python({"kind": "deployment", "app": "ranking", "deployment": "V2"})
+    assert isinstance(ref, DeploymentModel)
+    http = MODEL_REF.validate_python(
+        {
+            "kind": "http",
+            "url": "http://10.0.0.5:8080/v2/models/ranker/infer",
+            "protocol": "kserve-v2",
+            "timeout_s": 2.0,
+            "headers_from_env": {"Authorization": "RANKER_TOKEN"},
+        }
+    )
+    assert isinstance(http, HttpModel) and http.protocol == "kserve-v2"
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"url": "ftp://h/x"}, "url must be http"),
+        ({"url": "http://user:pw@h/x"}, "must not carry credentials"),
+        ({"headers_from_env": {"Authorization": "Bearer abc"}}, "name an environment variable"),
+        ({"headers_from_env": {"Bad Header": "X"}}, "not an HTTP header name"),
+        ({"protocol": "openai-chat"}, "needs model"),
+        ({"model": "gpt"}, "for protocol openai-chat only"),
+        ({"protocol": "openai-chat", "model": "m", "body": {"stream": True}}, "must not set"),
+        ({"protocol": "kserve-v2"}, "ends in /v2/models/NAME"),
+        ({"timeout_s": 0}, "greater than 0"),
+        ({"providers": []}, "Extra inputs"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ValidationError, match=message):
+            MODEL_REF.validate_python({"kind": "http", "url": "http://h/p", **change})
+    with pytest.raises(ValidationError, match="onnxruntime names"):
+        MODEL_REF.validate_python({"kind": "onnx", "path": "m.onnx", "providers": ["cuda"]})
+
+
+def test_a_deployment_arm_is_not_loaded_in_a_process() -> None:
+    from bandit_serve.config import AppConfig
+    from bandit_serve.errors import ConfigError
+    from bandit_serve.service.local import LocalModels
+
+    cfg = AppConfig.model_validate(
+        {
+            "experiments": [
+                {
+                    "name": "e",
+                    "arms": [
+                        {
+                            "name": "r",
+                            "model": {"kind": "deployment", "app": "a", "deployment": "d"},
+                        }
+                    ],
+                    "policy": {"kind": "fixed"},
+                    "reward": {"kind": "bernoulli"},
+                }
+            ]
+        }
+    )
+    with pytest.raises(ConfigError, match="only the Ray Serve engine can call it"):
+        LocalModels(cfg)
