@@ -181,3 +181,32 @@ def test_a_deployment_arm_is_not_loaded_in_a_process() -> None:
     )
     with pytest.raises(ConfigError, match="only the Ray Serve engine can call it"):
         LocalModels(cfg)
+
+
+def test_check_without_a_ray_cluster_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bandit_serve.cli import _unloadable
+    from tests.conftest import free_port
+
+    (tmp_path / "cfg.yaml").write_text(
+        "experiments:\n  - name: e\n    arms:\n"
+        "      - {name: a, model: 'tests.fixtures.models:echo_a'}\n"
+        "      - {name: r, model: {kind: deployment, app: ranking, deployment: RankerV2}}\n"
+        "    policy: {kind: fixed}\n    reward: {kind: bernoulli}\n"
+    )
+    arms = load_config(tmp_path / "cfg.yaml").experiments[0].arms
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    ((arm, line),) = _unloadable(arms)
+    assert arm == "r" and line.startswith(
+        f"cannot look for Serve deployment ranking/RankerV2: no Ray cluster answers at {address}"
+    )
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert _unloadable(arms) == [
+        (
+            "r",
+            "cannot look for Serve deployment ranking/RankerV2: no Ray cluster to look in "
+            "(set RAY_ADDRESS to its HOST:PORT)",
+        )
+    ]
