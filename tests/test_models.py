@@ -210,3 +210,19 @@ def test_check_without_a_ray_cluster_says_where_it_looked(
             "(set RAY_ADDRESS to its HOST:PORT)",
         )
     ]
+
+
+def test_the_readmes_model_kinds_example_validates() -> None:
+    import re
+
+    import yaml
+
+    from bandit_serve.config import MODEL_REF
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("### Model kinds") :]
+    example = re.search(r"```yaml\n(.*?)```", block, re.S)
+    assert example is not None
+    arms = yaml.safe_load(example.group(1))["arms"]
+    kinds = [MODEL_REF.validate_python(a["model"]).kind for a in arms]
+    assert kinds == ["sklearn", "callable", "onnx", "deployment", "http", "http", "http"]
