@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -15,10 +15,8 @@ import pytest
 from bandit_serve.config import AppConfig, key_digest
 from bandit_serve.service.core import BanditService, ExperimentRouter
 from bandit_serve.service.local import LocalModels
-from bandit_serve.service.models import InputContract
 from bandit_serve.store import RedisStore, RewardOutcome, Store
 from tests.conftest import ManualClock, delete_experiment_keys
-from tests.fixtures import models as fixtures
 from tests.test_service_api import Harness
 
 
@@ -40,25 +38,6 @@ def experiment(name: str, arms: dict[str, str], **exp: Any) -> AppConfig:
             ]
         }
     )
-
-
-class WithShadows(LocalModels):
-    """The in-process models, plus the config's shadow arms (tests/fixtures callables)."""
-
-    def __init__(self, cfg: AppConfig, shadows: dict[str, Any]) -> None:
-        super().__init__(cfg)
-        self.shadows = shadows
-
-    async def __call__(self, experiment: str, arm: str, inputs: Any) -> Any:
-        if arm in self.shadows:
-            out = self.shadows[arm](inputs)
-            return await out if asyncio.iscoroutine(out) else out
-        return await super().__call__(experiment, arm, inputs)
-
-    async def contracts(
-        self, experiment: str, arms: Sequence[str]
-    ) -> dict[str, InputContract | None]:
-        return await super().contracts(experiment, arms)
 
 
 @pytest.fixture
@@ -156,11 +135,6 @@ async def test_unit_level_tests_match_scipy_on_unit_means(store: Store, exp_name
 
 
 async def test_shadow_arms_are_counted_off_the_answers_path(store: Store, exp_name: str) -> None:
-    async def sleepy_double(inputs: Any) -> Any:
-        await asyncio.sleep(1.0)
-        return {"arm": "a", "inputs": inputs}
-
-    shadows = {"v3": fixtures.echo_a, "slow": sleepy_double}
     cfg = experiment(
         exp_name,
         {"a": "echo_a"},
@@ -169,14 +143,14 @@ async def test_shadow_arms_are_counted_off_the_answers_path(store: Store, exp_na
             "rate": 1.0,
             "arms": [
                 {"name": "v3", "model": "tests.fixtures.models:echo_a"},
-                {"name": "slow", "model": "tests.fixtures.models:echo_b"},
+                {"name": "slow", "model": "tests.fixtures.models:slow_echo_a"},
             ],
         },
     )
     plain = router(
         experiment(exp_name + "-plain", {"a": "echo_a"}, policy={"kind": "fixed"}), store
     )
-    r = router(cfg, store, WithShadows(cfg, shadows))
+    r = router(cfg, store)
 
     async def p50(rt: ExperimentRouter) -> float:
         times = []

@@ -10,7 +10,12 @@ from bandit_serve.config.auth import AuthConfig
 from bandit_serve.config.base import Name, Strict, require_unique
 from bandit_serve.config.models import ModelRef, model_shorthand
 from bandit_serve.config.policies import CanaryConfig, PolicyConfig
-from bandit_serve.config.rollout import AssignmentConfig, LayerConfig, ShadowConfig
+from bandit_serve.config.rollout import (
+    AssignmentConfig,
+    LayerConfig,
+    ShadowArmConfig,
+    ShadowConfig,
+)
 from bandit_serve.config.safety import GuardrailsConfig, NotifyConfig
 from bandit_serve.policies import Policy
 from bandit_serve.store.base import ExperimentSettings
@@ -185,6 +190,11 @@ class ExperimentConfig(Strict):
                 "a canary needs guardrails with on_violation: rollback (they decide whether "
                 "a step may advance and roll the candidate back)"
             )
+
+    @property
+    def hosted(self) -> list[ArmConfig | ShadowArmConfig]:
+        """Every model the experiment calls: its arms, then its shadow arms."""
+        return [*self.arms, *(self.shadow.arms if self.shadow is not None else [])]
 
     @property
     def baseline_arm(self) -> str:

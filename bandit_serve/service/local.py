@@ -30,7 +30,7 @@ class LocalModels:
 
     def reconfigure(self, cfg: AppConfig) -> None:
         for exp in cfg.experiments:
-            for arm in exp.arms:
+            for arm in exp.hosted:
                 if isinstance(arm.model, DeploymentModel):
                     raise ConfigError(
                         f"arm {arm.name!r} of experiment {exp.name!r} is a Ray Serve deployment "
@@ -39,7 +39,7 @@ class LocalModels:
                     )
         models = {}
         for exp in cfg.experiments:
-            for arm in exp.arms:
+            for arm in exp.hosted:
                 key = (exp.name, arm.name)
                 old = self.models.get(key)
                 models[key] = (

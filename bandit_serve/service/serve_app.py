@@ -204,7 +204,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     handles: dict[str, Any] = {}
     external: dict[str, tuple[str, str]] = {}
     for exp in cfg.experiments:
-        for arm in exp.arms:
+        for arm in exp.hosted:
             key = f"{exp.name}/{arm.name}"
             if isinstance(arm.model, DeploymentModel):
                 external[key] = (arm.model.app, arm.model.deployment)
@@ -233,7 +233,7 @@ def _check_start(cfg: AppConfig) -> None:
     environment), every ``deployment`` arm's deployment is running."""
     deployments = []
     for exp in cfg.experiments:
-        for arm in exp.arms:
+        for arm in exp.hosted:
             where = f"arm {arm.name!r} of experiment {exp.name!r}"
             if isinstance(arm.model, HttpModel):
                 try:
