@@ -38,23 +38,22 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CHAT_OWN_FIELDS = ("messages", "model", "temperature", "stream", "n")
 
 
-class _FileModel(Strict):
+def _relative(path: str, base: Path) -> str:
+    return path if Path(path).is_absolute() else str(base / path)
+
+
+class SklearnModel(Strict):
+    """A scikit-learn estimator saved with joblib. Unpickles: load trusted files only."""
+
+    kind: Literal["sklearn"]
     path: str = Field(min_length=1)
 
     def relative_to(self, base: Path) -> Self:
         """The same reference with a relative path taken relative to ``base``."""
-        if Path(self.path).is_absolute():
-            return self
-        return self.model_copy(update={"path": str(base / self.path)})
+        return self.model_copy(update={"path": _relative(self.path, base)})
 
 
-class SklearnModel(_FileModel):
-    """A scikit-learn estimator saved with joblib. Unpickles: load trusted files only."""
-
-    kind: Literal["sklearn"]
-
-
-class OnnxModel(_FileModel):
+class OnnxModel(Strict):
     """An ONNX file run by onnxruntime (``pip install "bandit-serve[onnx]"``).
 
     ``providers``: execution providers in order of preference; those not available on the
@@ -62,6 +61,7 @@ class OnnxModel(_FileModel):
     """
 
     kind: Literal["onnx"]
+    path: str = Field(min_length=1)
     providers: list[str] = Field(default=["CPUExecutionProvider"], min_length=1)
 
     @field_validator("providers")
@@ -73,6 +73,10 @@ class OnnxModel(_FileModel):
                 f"providers are onnxruntime names like CPUExecutionProvider; got {bad[0]!r}"
             )
         return v
+
+    def relative_to(self, base: Path) -> Self:
+        """The same reference with a relative path taken relative to ``base``."""
+        return self.model_copy(update={"path": _relative(self.path, base)})
 
 
 class CallableModel(Strict):
