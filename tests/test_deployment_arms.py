@@ -1,8 +1,8 @@
 """On a real Ray Serve (ray.init(num_cpus=2)) and a real Redis: an arm that is a team's
 own Serve app, deployed separately in the same Ray instance, called through its handle
-(no ModelVersion made for it); beside it an ONNX arm hosted by a ModelVersion with
-batching. A config naming a deployment that does not exist fails at start-up in one
-line (and ``check`` says so), instead of hanging."""
+(no ModelVersion made for it); beside it an ONNX arm and an HTTP endpoint's arm, each
+hosted by a ModelVersion with batching. A config naming a deployment that does not exist
+fails at start-up in one line (and ``check`` says so), instead of hanging."""
 
 from __future__ import annotations
 
@@ -25,20 +25,20 @@ from bandit_serve.cli import _unloadable
 from bandit_serve.config import load_config
 from bandit_serve.errors import ConfigError
 from bandit_serve.service.serve_app import AppArgs, build_app, model_deployment_name
-from tests.conftest import delete_experiment_keys, free_port
+from tests.conftest import delete_experiment_keys, free_port, serve_in_thread
+from tests.fixtures.endpoints import Upstream, json_answer
 from tests.fixtures.ranking import RankerV2, ranker_v2_score
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "bandit-arms-e2e"
 
 
-def write_config(path: Path, name: str, ranker: dict[str, Any], onnx: Path | None) -> Path:
+def write_config(path: Path, name: str, ranker: dict[str, Any], **more: dict[str, Any]) -> Path:
     arms: list[dict[str, Any]] = [
         {"name": "base", "model": "tests.fixtures.models:echo_a"},
         {"name": "ranker", "model": ranker},
+        *({"name": arm, "model": model} for arm, model in more.items()),
     ]
-    if onnx is not None:
-        arms.append({"name": "v3", "model": {"kind": "onnx", "path": str(onnx)}})
     path.write_text(
         yaml.safe_dump(
             {
@@ -85,8 +85,25 @@ def test_an_arm_that_is_a_running_serve_deployment(
     onnx = tmp_path / "v3.onnx"
     onnx.write_bytes(to_onnx(est, x[:1]).SerializeToString())
     ref = {"kind": "deployment", "app": "ranking", "deployment": "RankerV2"}
-    config = write_config(tmp_path / "cfg.yaml", exp_name, ref, onnx)
-    args = AppArgs(config=str(config), redis_url=redis_url, router_replicas=1)
+    upstream = Upstream()
+    try:
+        with serve_in_thread(upstream.app()) as url:
+            config = write_config(
+                tmp_path / "cfg.yaml",
+                exp_name,
+                ref,
+                v3={"kind": "onnx", "path": str(onnx)},
+                ep={"kind": "http", "url": f"{url}/predict", "output_field": "prediction"},
+            )
+            args = AppArgs(config=str(config), redis_url=redis_url, router_replicas=1)
+            run_arms(ray_serve, args, exp_name, est, rng)
+    finally:
+        delete_experiment_keys(redis_url, exp_name)
+
+
+def run_arms(
+    base_url: str, args: AppArgs, exp_name: str, est: Any, rng: np.random.Generator
+) -> None:
     try:
         serve.run(
             build_app(args.model_copy(update={"model_max_batch_size": 4})),
@@ -96,7 +113,7 @@ def test_an_arm_that_is_a_running_serve_deployment(
         deployments = set(serve.status().applications[APP].deployments)
         assert model_deployment_name(exp_name, "ranker") not in deployments  # no copy of it
         assert model_deployment_name(exp_name, "v3") in deployments
-        base = f"{ray_serve}/v1/experiments/{exp_name}"
+        base = f"{base_url}/v1/experiments/{exp_name}"
         served = Counter[str]()
         direct = serve.get_deployment_handle("RankerV2", app_name="ranking")
         for row in rng.normal(size=(40, 4)).round(3).tolist():
@@ -110,25 +127,26 @@ def test_an_arm_that_is_a_running_serve_deployment(
                 assert body["prediction"] == direct.remote(row).result().tolist()
             elif body["arm"] == "v3":
                 assert body["prediction"] == est.predict(np.asarray([row], np.float32))[0]
-        assert set(served) == {"base", "ranker", "v3"}
+            elif body["arm"] == "ep":  # a ModelVersion's pooled client, batched
+                assert body["prediction"] == json_answer(row)["prediction"]
+        assert set(served) == {"base", "ranker", "v3", "ep"}
         # the ONNX arm's contract reaches the router through its handle: 422, nothing logged
         r = httpx.post(f"{base}/predict", json={"inputs": [1.0, 2.0, 3.0]}, timeout=30)
         assert r.status_code == 422 and "the contract of arm 'v3'" in r.text
-        # the team's deployment refusing inputs (InputRejected): the client's 422
+        # the team's deployment (InputRejected) and the endpoint (400) refusing inputs: 422
         refused = 0
         for _ in range(30):
             r = httpx.post(f"{base}/predict", json={"inputs": [-1.0, 0, 0, 0]}, timeout=30)
             refused += r.status_code == 422
             assert r.status_code == 200 or "refused the inputs" in r.text, r.text
         state = {a["name"]: a for a in httpx.get(base, timeout=30).json()["arms"]}
-        assert state["ranker"]["input_rejections"] == refused > 0
-        assert (
-            state["ranker"]["errors"] == 0
-            and state["ranker"]["calls"] == served["ranker"] + refused
-        )
+        rejections = state["ranker"]["input_rejections"] + state["ep"]["input_rejections"]
+        assert rejections == refused > 0  # the deployment's InputRejected, the endpoint's 400
+        for arm in ("ranker", "ep"):
+            a = state[arm]
+            assert a["errors"] == 0 and a["calls"] == served[arm] + a["input_rejections"]
     finally:
         serve.delete(APP)
-        delete_experiment_keys(redis_url, exp_name)
 
 
 def test_a_deployment_that_does_not_exist_fails_at_start_up_in_one_line(
@@ -144,7 +162,7 @@ def test_a_deployment_that_does_not_exist_fails_at_start_up_in_one_line(
             "no Serve application 'search' is running (running: ranking)",
         ),
     ]:
-        config = write_config(tmp_path / "cfg.yaml", exp_name, ref, None)
+        config = write_config(tmp_path / "cfg.yaml", exp_name, ref)
         started = time.monotonic()
         with pytest.raises(ConfigError) as err:
             build_app(AppArgs(config=str(config), redis_url=redis_url))
