@@ -208,10 +208,10 @@ def _is_chat(inputs: Any) -> bool:
         return True
     if not isinstance(inputs, list) or not inputs:
         return False
-    return all(
+    return all(  # content: text, a list of parts, or None beside tool calls
         isinstance(m, dict)
         and isinstance(m.get("role"), str)
-        and isinstance(m.get("content"), str | list)
-        and set(m) <= {"role", "content", "name"}
+        and "content" in m
+        and (isinstance(m["content"], str | list) or (m["content"] is None and "tool_calls" in m))
         for m in inputs
     )
