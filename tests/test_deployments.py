@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 import yaml
 
+from bandit_serve.config import load_config
 from bandit_serve.service.serve_app import AppArgs, build_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,10 +27,7 @@ def test_serve_config_builds_with_the_typed_app_builder(monkeypatch: pytest.Monk
     assert type(built).__name__ == "Application"
 
 
-def test_rayservice_and_prometheus_and_grafana_parse() -> None:
-    rs = yaml.safe_load((ROOT / "deployments" / "rayservice.yaml").read_text())
-    inner = yaml.safe_load(rs["spec"]["serveConfigV2"])
-    assert inner["applications"][0]["import_path"].endswith(":build_app")
+def test_prometheus_and_grafana_parse() -> None:
     prom = yaml.safe_load((ROOT / "deployments" / "prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["metrics_path"] == "/metrics"
     dash = json.loads((ROOT / "deployments" / "grafana-dashboard.json").read_text())
@@ -91,3 +90,103 @@ def test_grafana_never_adds_up_copies_of_store_backed_series() -> None:
                 assert re.search(r"sum by \([^)]*\ble\b[^)]*\) \(rate\($", expr[: m.start()])
             if "histogram_quantile" in expr:
                 assert re.search(r"histogram_quantile\(0\.\d+, \w+ by \([^)]*\) \(rate\(", expr)
+
+
+# -- KubeRay (not run: no Kubernetes here; parsed and checked against serve.yaml) ------------
+
+
+def _rayservice() -> dict[str, dict[str, Any]]:
+    docs = list(yaml.safe_load_all((ROOT / "deployments" / "rayservice.yaml").read_text()))
+    return {d["kind"]: d for d in docs}
+
+
+def _containers(rs: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(pod spec, container) of every Ray container: the head's and each worker group's."""
+    cluster = rs["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [(g["template"]["spec"], c) for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_rayservice_serves_the_application_of_serve_yaml() -> None:
+    """Same application, same args: only the config path and the Redis URL differ (the URL
+    comes from a Secret through REDIS_URL, so the args carry none)."""
+    serve_cfg = yaml.safe_load((ROOT / "deployments" / "serve.yaml").read_text())
+    inner = yaml.safe_load(_rayservice()["RayService"]["spec"]["serveConfigV2"])
+    for key in ("proxy_location", "http_options"):
+        assert inner[key] == serve_cfg[key], key
+    assert len(inner["applications"]) == len(serve_cfg["applications"]) == 1
+    ours, theirs = inner["applications"][0], serve_cfg["applications"][0]
+    assert set(ours) == set(theirs)
+    for key in ("name", "route_prefix", "import_path"):
+        assert ours[key] == theirs[key], key
+    assert "redis_url" not in ours["args"]
+    differ = {"config", "redis_url"}
+    same = {k: v for k, v in theirs["args"].items() if k not in differ}
+    assert {k: v for k, v in ours["args"].items() if k not in differ} == same
+    AppArgs.model_validate(ours["args"])
+
+
+def test_rayservice_config_is_the_demo_with_auth_from_secrets(tmp_path: Path) -> None:
+    """The ConfigMap's experiments are configs/demo.yaml's; auth is on, with API key digests
+    from a file mounted from a Secret and signing keys from an environment variable set
+    from a Secret, in every Ray container; REDIS_URL from a Secret likewise."""
+    docs = _rayservice()
+    rs = docs["RayService"]
+    text = docs["ConfigMap"]["data"]["experiments.yaml"]
+    cm = yaml.safe_load(text)
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    assert cm["experiments"] == demo["experiments"]
+    assert "redis_url" not in cm  # REDIS_URL, never a default that could win by accident
+    auth = cm["auth"]
+    assert auth["protect_metrics"] is True and not auth.get("keys")
+
+    config_path = PurePosixPath(
+        yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["config"]
+    )
+    keys_path = PurePosixPath(auth["keys_file"])
+    volumes_of = {"config": docs["ConfigMap"]["metadata"]["name"]}
+    for pod, container in _containers(rs):
+        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+        assert env[auth["signing_keys_env"]]["key"] == auth["signing_keys_env"]
+        assert env["REDIS_URL"]["key"] == "REDIS_URL"
+        assert not [e for e in container["env"] if "value" in e]  # no literal secrets
+        mounts = {m["name"]: PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == volumes_of["config"]
+        assert config_path == mounts["config"] / config_path.name
+        assert "secret" in volumes["keys"]
+        assert keys_path == mounts["keys"] / keys_path.name
+    assert rs["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
+
+    # the config loads, once its keys file exists (a keys.yaml as the comments say)
+    keys = tmp_path / "keys.yaml"
+    digest = "0" * 64
+    keys.write_text(f"keys:\n  - {{name: web, sha256: '{digest}', scopes: [predict:digits]}}\n")
+    config = tmp_path / "experiments.yaml"
+    config.write_text(text.replace(str(keys_path), str(keys)))
+    cfg = load_config(config)
+    assert cfg.auth is not None and [k.name for k in cfg.auth.keys] == ["web"]
+
+
+def test_network_policy_keeps_rays_ports_inside() -> None:
+    """Every Ray pod is selected; from outside only Serve's port 8000 is open; Ray pods
+    reach each other; only the KubeRay operator reaches the dashboard (8265)."""
+    docs = _rayservice()
+    policy = docs["NetworkPolicy"]["spec"]
+    selector = policy["podSelector"]["matchLabels"]
+    for group in (
+        docs["RayService"]["spec"]["rayClusterConfig"]["headGroupSpec"],
+        *docs["RayService"]["spec"]["rayClusterConfig"]["workerGroupSpecs"],
+    ):
+        labels = group["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    open_rules = [r for r in policy["ingress"] if "from" not in r]
+    assert open_rules == [{"ports": [{"port": 8000, "protocol": "TCP"}]}]
+    peers = [r for r in policy["ingress"] if "from" in r and "ports" not in r]
+    assert peers == [{"from": [{"podSelector": {"matchLabels": selector}}]}]
+    (operator,) = [r for r in policy["ingress"] if "from" in r and "ports" in r]
+    assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]
+    assert operator["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kuberay-operator"
+    }
