@@ -103,6 +103,7 @@ class Fault:
 class Sample:
     t: float
     used_memory: int
+    dataset: int  # used_memory_dataset: the keys and values, without buffers and scripts
     keys: int
     procs: dict[tuple[int, float], tuple[str, int, int]]  # (pid, created) -> role, rss, pss
     busy: float = 0.0  # the machine's CPU use since the last sample, percent (all cores)
@@ -167,6 +168,16 @@ class Result:
         return redis_growth, last.t - first.t, sorted(rows)
 
 
+def trend(points: list[tuple[float, float]]) -> float:
+    """The least-squares line's change over the points' span, relative to their mean: a
+    growth figure that one noisy sample at either end cannot make or hide."""
+    if len(points) < 3:
+        return float("nan")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    slope = statistics.linear_regression(xs, ys).slope
+    return slope * (xs[-1] - xs[0]) / statistics.mean(ys)
+
+
 def role(cmdline: str, name: str) -> str:
     for key, label in (
         (ROUTER, "router replica"),
@@ -178,6 +189,8 @@ def role(cmdline: str, name: str) -> str:
         ("log_monitor", "log monitor"),
         ("bandit_serve.service.runner", "driver (bandit-serve run)"),
         ("bandit-serve run", "supervisor"),
+        ("dashboard/dashboard.py", "dashboard (minimal)"),
+        ("autoscaler/_private/monitor.py", "autoscaler monitor"),
         ("ray::IDLE", "idle worker"),
     ):
         if key in cmdline:
@@ -281,9 +294,10 @@ def memory(service: Service, t: float) -> Sample:
             times = p.cpu_times()
             cpu += times.user + times.system
     with contextlib.closing(service.redis.client()) as c:
-        used = int(c.info("memory")["used_memory"])
+        stats = c.info("memory")
         keys = int(c.dbsize())
-    return Sample(t, used, keys, procs, psutil.cpu_percent(), cpu)
+    used, dataset = int(stats["used_memory"]), int(stats["used_memory_dataset"])
+    return Sample(t, used, dataset, keys, procs, psutil.cpu_percent(), cpu)
 
 
 class Driver:
@@ -320,8 +334,9 @@ class Driver:
         self.ledger.requests.append(Request(kind, start, self.now(), outcome, ok, replica))
         return outcome, payload
 
-    async def reward(self, event_id: str, value: float, kind: str) -> None:
-        """Post until answered; a retry after a failed attempt may answer duplicate."""
+    async def reward(self, event_id: str, value: float, kind: str) -> bool:
+        """Post until answered; a retry after a failed attempt may answer duplicate.
+        Whether the reward is counted (answered applied or duplicate)."""
         body = {"event_id": event_id, "reward": value}
         backoff = 0.2
         for attempt in range(9):
@@ -330,12 +345,13 @@ class Driver:
                 if outcome == "200":
                     self.ledger.applied[event_id] += 1
                     self.ledger.applied_sum += value
-                return
+                return True
             if outcome in ("404", "410", "422"):
-                return  # an answer, and a wrong one: counted as an error above
+                return False  # an answer, and a wrong one: counted as an error above
             await asyncio.sleep(backoff * self.rng.uniform(1, 1.5))
             backoff = min(backoff * 2, 5.0)
         self.ledger.given_up += 1
+        return False
 
     async def decision(self) -> None:
         outcome, p = await self.post("predict", "/predict", {"inputs": [1.0, 2.0]})
@@ -347,8 +363,8 @@ class Driver:
             return  # expires to the default after the wait window
         await asyncio.sleep(self.rng.uniform(0.5, 10.0))
         value = float(self.rng.random() < (0.6 if arm == "b" else 0.4))
-        await self.reward(event_id, value, "reward")
-        if self.rng.random() < self.s.duplicate_share:
+        counted = await self.reward(event_id, value, "reward")
+        if counted and self.rng.random() < self.s.duplicate_share:
             await asyncio.sleep(self.rng.uniform(0.1, 5.0))
             await self.reward(event_id, value, "duplicate")
 
@@ -470,6 +486,21 @@ def per_decision(service: Service) -> dict[str, float]:
             out[f"time bucket (mean of {len(buckets)}, {statistics.mean(fields):.0f} fields)"] = (
                 statistics.mean(sizes)
             )
+            # a bucket of busier traffic: an arm's counters with all 162 latency bins used
+            raw = c.hgetall(buckets[0])
+            counters = {
+                str(f): str(v)
+                for f, v in raw.items()
+                if str(f).startswith("a:") and not str(f)[2:].startswith("h")
+            }
+            scratch = f"bandit:{{{service.exp}}}:scratch-bucket"
+            pipe = c.pipeline(transaction=False)
+            for f, v in [*counters.items(), *((f"a:h{i}", "1") for i in range(162))]:
+                pipe.hset(scratch, f, v)
+            pipe.execute()
+            size = int(c.memory_usage(scratch, samples=0) or 0)
+            out[f"time bucket per arm, all 162 latency bins ({c.hlen(scratch)} fields)"] = size
+            c.delete(scratch)
     return out
 
 
@@ -576,11 +607,19 @@ def report(r: Result) -> str:
     if len(r.samples) > 1 and r.samples[-1].t > r.settings.compare_from:
         redis_growth, span, rows = r.growth()
         first = next(s for s in r.samples if s.t >= r.settings.compare_from)
+        last = r.samples[-1]
+        span_samples = [x for x in r.samples if x.t >= first.t]
+        used_trend = trend([(x.t, x.used_memory) for x in span_samples])
+        data_trend = trend([(x.t, x.dataset) for x in span_samples])
         lines.append(
-            f"memory from t={first.t:.0f} s to t={r.samples[-1].t:.0f} s ({span:.0f} s): Redis "
-            f"used_memory {first.used_memory / 2**20:.2f} -> "
-            f"{r.samples[-1].used_memory / 2**20:.2f} MiB ({100 * redis_growth:+.1f}%), keys "
-            f"{first.keys} -> {r.samples[-1].keys}"
+            f"memory from t={first.t:.0f} s to t={last.t:.0f} s ({span:.0f} s): Redis "
+            f"used_memory {first.used_memory / 2**20:.2f} -> {last.used_memory / 2**20:.2f} MiB "
+            f"({100 * redis_growth:+.1f}%; least-squares trend over the {len(span_samples)} "
+            f"samples {100 * used_trend:+.1f}%, range "
+            f"{min(x.used_memory for x in span_samples) / 2**20:.2f}-"
+            f"{max(x.used_memory for x in span_samples) / 2**20:.2f} MiB); "
+            f"used_memory_dataset {first.dataset / 2**10:.0f} -> {last.dataset / 2**10:.0f} KiB "
+            f"(trend {100 * data_trend:+.1f}%); keys {first.keys} -> {last.keys}"
         )
         for label, pid, rss, g_rss, g_pss in rows:
             lines.append(
