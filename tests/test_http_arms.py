@@ -127,6 +127,8 @@ async def test_json_arms_answer_what_the_endpoint_answers(
         )
         seen.add(body["arm"])
     assert seen == {"whole", "field"}
+    # the endpoint set a cookie on every answer: the arm's shared client keeps none
+    assert all("cookie" not in headers for _, headers, _ in endpoint[0].requests)
     state = await h.state(exp_name)
     assert sum(a["calls"] for a in state.values()) == 20
     assert all(a["errors"] == 0 for a in state.values())

@@ -39,6 +39,7 @@ import asyncio
 import math
 import os
 from collections.abc import Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -127,6 +128,8 @@ class HttpArm(ArmModel):
                     max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
                 ),
                 follow_redirects=False,  # never carry the credentials elsewhere
+                # one client serves every user of the arm: it keeps no cookie
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             )
             self._loop = loop
             self._metadata_lock = asyncio.Lock()
