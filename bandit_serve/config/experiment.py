@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from bandit_serve.config.auth import AuthConfig
 from bandit_serve.config.base import Name, Strict, require_unique
-from bandit_serve.config.models import ModelRef, model_shorthand
+from bandit_serve.config.models import DeploymentModel, ModelRef, model_shorthand
 from bandit_serve.config.policies import CanaryConfig, PolicyConfig
 from bandit_serve.config.rollout import (
     AssignmentConfig,
@@ -41,11 +41,31 @@ class ArmConfig(Strict):
     name: Name
     model: ModelRef
     replicas: int = Field(1, ge=1, le=64)
+    placement: Literal["replica", "router"] = Field(
+        "replica",
+        description="replica: a ModelVersion deployment of its own (Ray engine); router: "
+        "loaded in every router replica and called in-process, without the handle hop.",
+    )
 
     @field_validator("model", mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         return model_shorthand(v)
+
+    @model_validator(mode="after")
+    def _placed(self) -> Self:
+        if self.placement == "router":
+            if isinstance(self.model, DeploymentModel):
+                raise ValueError(
+                    "placement: router loads the model in the router; a model of kind "
+                    "deployment runs in its own Serve deployment (leave placement out)"
+                )
+            if self.replicas != 1:
+                raise ValueError(
+                    "replicas counts ModelVersion replicas; an arm with placement: router "
+                    "runs in every router replica (scale it with --router-replicas)"
+                )
+        return self
 
 
 class RewardSpec(Strict):

@@ -3,7 +3,10 @@
 A ModelVersion hosts any kind of model (scikit-learn, ONNX, a callable, an HTTP
 endpoint's pooled client). An arm of kind ``deployment`` is a Serve deployment that is
 already running: no ModelVersion is made for it, the router calls it through its handle,
-and a deployment that is not there is one error when the app is built.
+and a deployment that is not there is one error when the app is built. An arm with
+``placement: router`` has no ModelVersion either: every router replica loads its model
+and calls it in-process (:class:`~bandit_serve.service.local.LocalModels`: blocking
+models in a thread pool), which saves the handle hop.
 
 Only wiring lives here; the logic is in :mod:`bandit_serve.service.core`. The typed app
 builder :func:`build_app` serves ``serve run``/``serve deploy`` (see
@@ -28,7 +31,6 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bandit_serve.config import MODEL_REF, AppConfig, load_config
 from bandit_serve.config.models import DeploymentModel, HttpModel
@@ -38,6 +40,7 @@ from bandit_serve.models.deployment import missing, plain
 from bandit_serve.models.http import resolve_headers
 from bandit_serve.service.core import BanditService
 from bandit_serve.service.http import create_api
+from bandit_serve.service.local import Hosted, LocalModels, ReplicaHeader
 from bandit_serve.service.options import DEFAULT_REDIS_URL as DEFAULT_URL
 from bandit_serve.service.options import AppArgs, resolve_redis_url
 from bandit_serve.store import RedisStore
@@ -51,28 +54,6 @@ __all__ = [
     "deployment_problems",
     "model_deployment_name",
 ]
-
-
-class _ReplicaHeader:
-    """Name the answering replica process in ``x-bandit-replica`` (operators and tests see
-    the spread). Plain ASGI: Starlette's ``BaseHTTPMiddleware`` costs a task per request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_named(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                name = (b"x-bandit-replica", str(os.getpid()).encode())
-                headers = [*message.get("headers", []), name]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_named)
 
 
 def model_deployment_name(experiment: str, arm: str) -> str:
@@ -108,8 +89,14 @@ class ModelVersion:
         return await self.model.apredict_many(batch)
 
 
+def on_router(arm: Hosted) -> bool:
+    """Whether the router hosts an arm's model itself (``placement: router``)."""
+    return getattr(arm, "placement", "replica") == "router"
+
+
 class _HandleCaller:
-    """:class:`ModelCaller` over Serve deployment handles, keyed ``experiment/arm``:
+    """:class:`ModelCaller` over the arms' models: in-process for arms with ``placement:
+    router`` (``local``), else through Serve deployment handles keyed ``experiment/arm``:
     ModelVersions, and the user's own deployments (``external``: no contract; numpy
     answers made plain)."""
 
@@ -118,8 +105,12 @@ class _HandleCaller:
     ) -> None:
         self.handles = handles
         self.external = frozenset(external)
+        self.local: LocalModels | None = None
 
     async def __call__(self, experiment: str, arm: str, inputs: Any) -> Any:
+        local = self.local
+        if local is not None and (experiment, arm) in local:
+            return await local(experiment, arm, inputs)
         key = f"{experiment}/{arm}"
         out = await self.handles[key].remote(inputs)
         return plain(out) if key in self.external else out
@@ -130,11 +121,13 @@ class _HandleCaller:
         out: dict[str, InputContract | None] = {}
         for arm in arms:
             key = f"{experiment}/{arm}"
-            if key in self.external:
+            if self.local is not None and (experiment, arm) in self.local:
+                out[arm] = self.local.models[(experiment, arm)].contract()
+            elif key in self.external:
                 out[arm] = None
-                continue
-            raw = await self.handles[key].contract.remote()
-            out[arm] = None if raw is None else InputContract.from_dict(raw)
+            else:
+                raw = await self.handles[key].contract.remote()
+                out[arm] = None if raw is None else InputContract.from_dict(raw)
         return out
 
 
@@ -170,7 +163,7 @@ class BanditRouter:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         api = create_api(self._service)
-        api.add_middleware(_ReplicaHeader)
+        api.add_middleware(ReplicaHeader)
         return api
 
     def _service(self) -> BanditService:
@@ -181,6 +174,10 @@ class BanditRouter:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A new experiment config (validated by pydantic) applied in place."""
         cfg = AppConfig.model_validate(user_config)
+        if self.caller.local is None:
+            self.caller.local = LocalModels(cfg, where=on_router)
+        else:
+            self.caller.local.reconfigure(cfg)
         if self.service is None:
             self.service = BanditService(
                 cfg, self.store, self.caller, model_timeout=self.model_timeout
@@ -209,6 +206,8 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
             if isinstance(arm.model, DeploymentModel):
                 external[key] = (arm.model.app, arm.model.deployment)
                 continue
+            if on_router(arm):
+                continue  # loaded by every router replica (reconfigure)
             handles[key] = ModelVersion.options(  # type: ignore[attr-defined]
                 name=model_deployment_name(exp.name, arm.name),
                 num_replicas=arm.replicas,
