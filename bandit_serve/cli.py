@@ -352,10 +352,32 @@ def run(
         bool,
         typer.Option(help="Serve without an auth section on a non-loopback address."),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="ray: Ray Serve (scales out to a cluster). local: one machine, no Ray: "
+            "uvicorn with every model in-process."
+        ),
+    ] = "ray",
+    workers: Annotated[
+        int,
+        typer.Option(help="Local engine: uvicorn worker processes (they share Redis).", min=1),
+    ] = 1,
 ) -> None:
-    """Serve the config's experiments on Ray Serve until Ctrl-C (redeploys on file change)."""
+    """Serve the config's experiments until Ctrl-C, on Ray Serve or the local engine
+    (redeploys or reloads on file change)."""
     from bandit_serve.errors import BanditServeError
-    from bandit_serve.service.runner import supervise
+    from bandit_serve.service.runner import ENGINES, supervise
+
+    if engine not in ENGINES:
+        raise fail(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}")
+    if engine == "ray" and workers != 1:
+        raise fail("--workers is for --engine local; Ray scales with --router-replicas")
+    if engine == "local" and address is not None:
+        raise fail(
+            "--address joins a Ray cluster, and --engine local runs without Ray: "
+            "leave out one of them"
+        )
 
     args = AppArgs(
         config=str(config),
@@ -380,6 +402,8 @@ def run(
         "port": port,
         "address": address,
         "insecure": insecure,
+        "engine": engine,
+        "workers": workers,
     }
     code = supervise(options)
     if code:

@@ -1,10 +1,17 @@
-"""Models called in-process: for tests, the local engine and a Ray router's arms with
-``placement: router``.
+"""Models called in-process, and the local engine: the service under uvicorn, no Ray.
 
 :class:`LocalModels` is a :class:`~bandit_serve.service.core.ModelCaller` over models
-loaded in this process. Blocking models (scikit-learn, ONNX, plain functions) run in the
-event loop's thread pool, so one slow prediction never stalls the other requests of the
-process; async callables and HTTP endpoints are awaited. No Ray is imported here.
+loaded in this process: the local engine's, the tests', and a Ray router replica's for
+its arms with ``placement: router``. Blocking models (scikit-learn, ONNX, plain
+functions) run in the event loop's thread pool, so one slow prediction never stalls the
+other requests of the process; async callables and HTTP endpoints are awaited.
+
+The local engine (``bandit-serve run --engine local``) is :func:`create_local_app`: the
+same :class:`~bandit_serve.service.core.BanditService` and HTTP API as on Ray Serve,
+with its background loops (snapshot refresh, sweeper, guardrails) started and stopped by
+the ASGI lifespan of each uvicorn worker process. Workers share Redis, as router
+replicas do (the signing keys and salts are kept there), and each reloads the config
+file in place when it changes. No Ray is imported here.
 """
 
 from __future__ import annotations
@@ -12,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
+import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bandit_serve.config import AppConfig
+from bandit_serve.config import AppConfig, load_config
 from bandit_serve.config.experiment import ArmConfig
 from bandit_serve.config.models import DeploymentModel
 from bandit_serve.config.rollout import ShadowArmConfig
@@ -26,7 +36,19 @@ from bandit_serve.errors import ConfigError
 from bandit_serve.models import InputContract, LoadedModel, LocalModel
 from bandit_serve.models.callables import CallableArm
 
-__all__ = ["Hosted", "LocalModels", "ReplicaHeader", "is_blocking"]
+__all__ = [
+    "ARGS_ENV",
+    "Hosted",
+    "LocalModels",
+    "ReplicaHeader",
+    "app_from_env",
+    "create_local_app",
+    "is_blocking",
+]
+
+log = logging.getLogger("bandit_serve")
+
+ARGS_ENV = "BANDIT_SERVE_LOCAL_ARGS"  # the run options, as JSON, for uvicorn's workers
 
 Hosted = ArmConfig | ShadowArmConfig
 
@@ -136,3 +158,116 @@ class ReplicaHeader:
             await send(message)
 
         await self.app(scope, receive, send_named)
+
+
+class _Lifespan:
+    """The worker's lifespan around the API: start the service's background loops and
+    the config watch on startup; stop them, close the models and the store on shutdown."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        startup: Callable[[], Any],
+        shutdown: Callable[[], Any],
+    ) -> None:
+        self.app = app
+        self.startup = startup
+        self.shutdown = shutdown
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as err:
+                    log.exception("the service did not start")
+                    await send({"type": "lifespan.startup.failed", "message": str(err)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_local_app(
+    args: Any, *, models: LocalModels | None = None, watch_interval: float = 1.0
+) -> ASGIApp:
+    """The local engine's ASGI app for run options ``args`` (an
+    :class:`~bandit_serve.service.options.AppArgs`): the HTTP API over a
+    :class:`BanditService` on Redis with every model in-process. ``models`` may hand over
+    models loaded already (they are closed with the app)."""
+    from bandit_serve.service.core import BanditService
+    from bandit_serve.service.http import create_api
+    from bandit_serve.service.options import resolve_redis_url
+    from bandit_serve.store import RedisStore
+
+    config = Path(args.config)
+    cfg = load_config(config)
+    store = RedisStore.from_url(resolve_redis_url(args.redis_url, cfg))
+    local = models if models is not None else LocalModels(cfg)
+    service = BanditService(cfg, store, local, model_timeout=args.model_timeout_s)
+    watching: list[asyncio.Task[None]] = []
+
+    async def watch() -> None:
+        """Reload the config file in place when it changes and still loads."""
+        mtime = _mtime(config)
+        while True:
+            await asyncio.sleep(watch_interval)
+            now = _mtime(config)
+            if now is None or now == mtime:
+                continue
+            mtime = now
+            try:
+                new = load_config(config)
+                local.reconfigure(new)
+            except ConfigError as err:
+                log.warning(
+                    "config %s changed but is invalid; keeping the running one: %s", config, err
+                )
+                continue
+            except Exception:
+                log.exception("config %s changed but its models did not load", config)
+                continue
+            service.reconfigure(new)
+            log.info("config %s changed: reloaded in process %d", config, os.getpid())
+
+    async def startup() -> None:
+        service.start()
+        if watch_interval > 0:
+            watching.append(asyncio.get_running_loop().create_task(watch()))
+
+    async def shutdown() -> None:
+        for task in watching:
+            task.cancel()
+        await asyncio.gather(*watching, return_exceptions=True)
+        try:
+            await service.stop()
+            await local.aclose()
+        finally:
+            await store.close()
+
+    api = create_api(lambda: service)
+    return _Lifespan(ReplicaHeader(api), startup, shutdown)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def app_from_env() -> ASGIApp:
+    """uvicorn's factory in each worker process: the run options come in ``ARGS_ENV``."""
+    from bandit_serve.service.options import AppArgs
+
+    options = json.loads(os.environ[ARGS_ENV])
+    args = AppArgs.model_validate(options["args"])
+    return create_local_app(args, watch_interval=options.get("watch_interval", 1.0))

@@ -1,5 +1,6 @@
-"""Run options of the Ray Serve app, in one place: the CLI, ``serve run``/``serve deploy``
-(``deployments/serve.yaml``'s ``args``) and the tests all build this one model.
+"""Run options of the service, in one place: the CLI, ``serve run``/``serve deploy``
+(``deployments/serve.yaml``'s ``args``), the local engine's workers and the tests all
+build this one model. Options marked "(Ray engine)" do nothing on the local engine.
 
 No Ray here: the CLI imports it at start-up.
 """
@@ -24,21 +25,23 @@ class AppArgs(BaseModel):
     redis_url: str | None = Field(
         None, description="Redis URL (else REDIS_URL, else the config, else local)."
     )
-    router_replicas: int = Field(2, ge=1, description="BanditRouter replicas.")
+    router_replicas: int = Field(2, ge=1, description="BanditRouter replicas (Ray engine).")
     max_ongoing_requests: int = Field(
-        100, ge=1, description="Requests one router replica works on at once."
+        100, ge=1, description="Requests one router replica works on at once (Ray engine)."
     )
     max_queued_requests: int = Field(
-        500, ge=-1, description="Queued beyond those; more get 503 + Retry-After."
+        500, ge=-1, description="Queued beyond those; more get 503 + Retry-After (Ray engine)."
     )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After (seconds, rounded up) on those 503 answers."
     )
     model_max_batch_size: int = Field(
-        1, ge=1, description="Batch concurrent calls to a model (@serve.batch) above 1."
+        1,
+        ge=1,
+        description="Batch concurrent calls to a ModelVersion (@serve.batch) above 1 (Ray engine).",
     )
     model_batch_wait_s: float = Field(
-        0.002, ge=0, description="How long a model batch waits to fill."
+        0.002, ge=0, description="How long a model batch waits to fill (Ray engine)."
     )
     model_timeout_s: float = Field(
         30.0, gt=0, description="A model call slower than this is the arm's error."

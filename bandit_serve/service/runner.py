@@ -1,15 +1,18 @@
-"""``bandit-serve run``: Ray, Redis and the Serve app, until Ctrl-C or SIGTERM.
+"""``bandit-serve run``: Redis and the service on Ray Serve or the local engine, until
+Ctrl-C or SIGTERM.
 
 Two processes. The one the user started is a supervisor (:func:`supervise`): it checks
 the config, then runs the service in a child of its own session and forwards SIGINT and
 SIGTERM to it. So a SIGTERM to the supervisor's whole process group (what systemd and
-Kubernetes send) reaches the supervisor only, and the child shuts Serve, Ray and Redis
+Kubernetes send) reaches the supervisor only, and the child shuts the engine and Redis
 down in order; whatever is still alive in the child's session 15 s later is killed.
 
 The child (:func:`run_service`), step by step: start a local Redis when needed
-(:func:`_local_redis`), start Ray locally or join a cluster (:func:`_start_ray`), deploy
-(:func:`_deploy`), redeploy when the config file changes (:func:`_watch`), stop
-everything it started.
+(:func:`_local_redis`), then on Ray: start Ray locally or join a cluster
+(:func:`_start_ray`), deploy (:func:`_deploy`), redeploy when the config file changes
+(:func:`_watch`); on the local engine (:func:`_run_local`): load every model once (a
+model that does not load is one line), serve with uvicorn (``workers`` processes, each
+reloading the config in place when the file changes); then stop everything it started.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bandit_serve.config import AppConfig, load_config
 from bandit_serve.errors import BanditServeError, ConfigError
@@ -37,13 +40,23 @@ from bandit_serve.store.connection import redact
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["APP_NAME", "LOOPBACK", "STOP_SECONDS", "check_exposure", "run_service", "supervise"]
+__all__ = [
+    "APP_NAME",
+    "ENGINES",
+    "LOOPBACK",
+    "STOP_SECONDS",
+    "check_exposure",
+    "run_service",
+    "supervise",
+]
 
 STOP_SECONDS = 15.0  # after a stop signal, what is still alive then is killed
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 APP_NAME = "bandit-serve"
+ENGINES = ("ray", "local")
+Engine = Literal["ray", "local"]
 log = logging.getLogger("bandit_serve")
 
 
@@ -151,7 +164,11 @@ def _last_line(text: str) -> str:
 
 
 def _watch(
-    config: Path, stop: threading.Event, interval: float, redeploy: Callable[[], None]
+    config: Path,
+    stop: threading.Event,
+    interval: float,
+    redeploy: Callable[[], None],
+    done: str = "redeployed",
 ) -> None:
     """Until ``stop`` is set: redeploy whenever the config file changes and still loads."""
     mtime = config.stat().st_mtime
@@ -169,7 +186,7 @@ def _watch(
             print(f"config changed but is invalid; keeping the running one:\n{err}", flush=True)
             continue
         redeploy()
-        print(f"config {config} changed: redeployed", flush=True)
+        print(f"config {config} changed: {done}", flush=True)
 
 
 def _shutdown(local: LocalRedis | None) -> None:
@@ -193,13 +210,113 @@ def check_exposure(cfg: AppConfig, host: str, insecure: bool) -> None:
         )
 
 
-def _banner(cfg: AppConfig, host: str, port: int, url: str) -> str:
+def _banner(cfg: AppConfig, host: str, port: int, url: str, engine: str = "") -> str:
     names = ", ".join(e.name for e in cfg.experiments)
     auth = "auth on" if cfg.auth is not None else "no auth (open API)"
     return (
-        f"bandit-serve is up on http://{host}:{port} (experiments: {names}; {auth}); "
+        f"bandit-serve is up on http://{host}:{port} (experiments: {names}; {auth}{engine}); "
         f"Redis {redact(url)}. Ctrl-C stops."
     )
+
+
+def _load_models(cfg: AppConfig) -> Any:
+    """Every model of the config, loaded in this process (the local engine's
+    :class:`~bandit_serve.service.local.LocalModels`); a model that does not load is one
+    BanditServeError naming its arm."""
+    from bandit_serve.models import LoadedModel
+    from bandit_serve.service.local import LocalModels
+
+    try:
+        return LocalModels(cfg)
+    except ConfigError as err:
+        raise BanditServeError(str(err)) from None
+    except Exception as first:
+        for exp in cfg.experiments:  # which one: load them one by one
+            for arm in exp.hosted:
+                try:
+                    LoadedModel(arm.model)
+                except Exception as err:
+                    raise BanditServeError(
+                        f"the model of experiment {exp.name} arm {arm.name} did not load: "
+                        f"{type(err).__name__}: {_last_line(str(err))}"
+                    ) from None
+        raise BanditServeError(f"a model did not load: {_last_line(str(first))}") from None
+
+
+def _announce_when_up(host: str, port: int, banner: str, stop: threading.Event) -> None:
+    """Print ``banner`` once the server answers ``/healthz`` (any status)."""
+    import httpx
+
+    where = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        where = "127.0.0.1"
+    while not stop.wait(0.1):
+        try:
+            httpx.get(f"http://{where}:{port}/healthz", timeout=2)
+        except httpx.HTTPError:
+            continue
+        print(banner, flush=True)
+        return
+
+
+def _run_local(
+    args: AppArgs,
+    cfg: AppConfig,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    watch_interval: float,
+    echo: bool,
+    banner: str,
+) -> None:
+    """Serve with uvicorn until SIGINT or SIGTERM: in this process (one worker, with the
+    models loaded here), or ``workers`` processes that each load the models and share
+    the socket. Each worker starts the service's background loops and reloads the config
+    file in place when it changes."""
+    import uvicorn
+
+    from bandit_serve.service.local import ARGS_ENV, create_local_app
+
+    models = _load_models(cfg)  # every model loads once here: a bad one is one line, now
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn raises them again when it is done
+        signal.signal(sig, lambda *_: stop.set())
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 10,
+        "timeout_worker_healthcheck": 60,  # a loaded machine imports slowly
+    }
+    if echo:
+        threading.Thread(
+            target=_announce_when_up, args=(host, port, banner, stop), daemon=True
+        ).start()
+    config = Path(args.config)
+    watcher = threading.Thread(
+        target=_watch,
+        args=(config, stop, watch_interval, lambda: None, "reloaded"),
+        daemon=True,
+    )
+    if echo and watch_interval > 0:
+        watcher.start()
+    try:
+        if workers == 1:
+            app = create_local_app(args, models=models, watch_interval=watch_interval)
+            uvicorn.run(app, **common)
+        else:
+            del models  # each worker loads its own
+            os.environ[ARGS_ENV] = json.dumps(
+                {"args": args.model_dump(), "watch_interval": watch_interval}
+            )
+            uvicorn.run(
+                "bandit_serve.service.local:app_from_env", factory=True, workers=workers, **common
+            )
+    finally:
+        stop.set()
 
 
 def run_service(
@@ -212,11 +329,19 @@ def run_service(
     data_dir: Path = Path("var"),
     watch_interval: float = 1.0,
     echo: bool = True,
+    engine: Engine = "ray",
+    workers: int = 1,
 ) -> None:
-    """Deploy ``args.config`` and block; redeploy when the file changes; clean up on exit."""
+    """Serve ``args.config`` and block (Ray Serve, or the local engine with ``workers``
+    uvicorn processes); redeploy or reload when the file changes; clean up on exit."""
     config = Path(args.config)
     cfg = load_config(config)  # fail early, before starting anything
     check_exposure(cfg, host, insecure)
+    if engine == "local" and address is not None:
+        raise BanditServeError(
+            "--address joins a Ray cluster, and --engine local runs without Ray: "
+            "leave out one of them"
+        )
     problem = _port_free(host, port)
     if problem is not None:
         raise BanditServeError(problem)
@@ -231,6 +356,25 @@ def run_service(
         if local is not None:
             local.stop()
         raise
+    if engine == "local":
+        try:
+            banner = _banner(cfg, host, port, url, f"; local engine, {workers} worker(s)")
+            _run_local(
+                args,
+                cfg,
+                host=host,
+                port=port,
+                workers=workers,
+                watch_interval=watch_interval,
+                echo=echo,
+                banner=banner,
+            )
+        finally:
+            if local is not None:
+                local.stop()
+            if echo:
+                print("bandit-serve stopped", flush=True)
+        return
     stop = threading.Event()
     try:
         _start_ray(address, stop)
