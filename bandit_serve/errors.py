@@ -8,6 +8,8 @@
     ├── UnknownExperimentError (KeyError)
     ├── UnknownArmError (KeyError)     an arm name that the experiment does not have
     ├── ModelError                     the model of an arm raised or timed out
+    ├── EndpointError (models.http)    a model endpoint gave no prediction (an arm's error)
+    ├── ClientError (client)           the Python client's (ServiceUnavailable, ApiError, ...)
     ├── InputRejected (ValueError)     a request's inputs fit no active arm's contract (422)
     ├── ActionRefused                  an action that does not fit the experiment's state (409)
     └── StoreError (ConnectionError)   the state backend (Redis) could not be reached or failed;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,8 @@ from pydantic.fields import FieldInfo
 
 from bandit_serve.config.auth import ApiKeyConfig
 from bandit_serve.config.base import Strict
-from bandit_serve.config.experiment import AppConfig
+from bandit_serve.config.experiment import AppConfig, ArmConfig
+from bandit_serve.config.rollout import ShadowArmConfig
 from bandit_serve.errors import ConfigError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+_Hosted = TypeVar("_Hosted", ArmConfig, ShadowArmConfig)
 
 
 def _walk(annotation: Any, seen: set[type[BaseModel]], tags: set[str], tagged: bool) -> None:
@@ -155,14 +157,13 @@ def load_config(path: str | Path) -> AppConfig:
     cfg = parse_config(AppConfig, read_yaml(path), str(path))
     base = Path(path).resolve().parent
     cfg = _with_keys_file(cfg, base)
-    experiments = [
-        exp.model_copy(
-            update={
-                "arms": [
-                    a.model_copy(update={"model": a.model.relative_to(base)}) for a in exp.arms
-                ]
-            }
-        )
-        for exp in cfg.experiments
-    ]
+    def resolved(arms: Sequence[_Hosted]) -> list[_Hosted]:
+        return [a.model_copy(update={"model": a.model.relative_to(base)}) for a in arms]
+
+    experiments = []
+    for exp in cfg.experiments:
+        update: dict[str, Any] = {"arms": resolved(exp.arms)}
+        if exp.shadow is not None:
+            update["shadow"] = exp.shadow.model_copy(update={"arms": resolved(exp.shadow.arms)})
+        experiments.append(exp.model_copy(update=update))
     return cfg.model_copy(update={"experiments": experiments})
