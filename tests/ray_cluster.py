@@ -1,13 +1,16 @@
 """A Ray cluster of two nodes on this machine, owned by a test, and what runs on it.
 
 - :class:`RayNode`: one ``ray start --block`` process (a head or a joining node) on free
-  loopback ports, in a session of its own and a temp dir of its own (so nothing collides
-  with another test's ``ray.init``, and an earlier ``ray start`` record is never read),
+  ports (Ray binds them on every interface; the tests talk to them over loopback), in a
+  session of its own and a temp dir of its own (so nothing collides with another test's
+  ``ray.init``, and an earlier ``ray start`` record is never read),
   with token authentication on (``RAY_AUTH_MODE=token``, the token in ``RAY_AUTH_TOKEN``:
   a token of the cluster's own, never ``~/.ray/auth_token``).
 - :class:`RayCluster`: a head and a second node with resources of its own
   (``second_node``); the address, the token, the environment a driver needs.
-- :class:`ServeRun`: ``bandit-serve run --address ...`` as a subprocess (the driver).
+- :class:`ServeRun`: ``bandit-serve run --address ...`` as a subprocess (the driver), and
+  :class:`ServeDeploy`: ``serve deploy`` of deployments/serve.yaml through the head's
+  dashboard (loopback only), as an operator deploys to a long-running cluster.
 - :class:`ServeWatcher`: a subprocess (``python -m tests.ray_cluster watch``) connected to
   the cluster that prints, every 0.25 s, one JSON line of Serve's own view of the app:
   each replica's deployment, state, node and PID, and which nodes are alive.
@@ -37,10 +40,11 @@ from typing import Any
 
 import httpx
 import psutil
+import yaml
 
 from tests.redis_servers import free_ports
 
-__all__ = ["RayCluster", "RayNode", "ServeRun", "ServeWatcher", "Snapshot"]
+__all__ = ["RayCluster", "RayNode", "ServeDeploy", "ServeRun", "ServeWatcher", "Snapshot"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -99,6 +103,7 @@ class RayNode:
         self.log = temp_dir.parent / f"{name}.log"
         ports = free_ports(9)
         self.port = ports[0]  # the GCS port of a head
+        self.dashboard_port = ports[8]  # a head's dashboard
         cmd = [
             str(BIN / "ray"),
             "start",
@@ -120,7 +125,9 @@ class RayNode:
                 "--head",
                 f"--port={self.port}",
                 f"--ray-client-server-port={ports[7]}",
-                "--include-dashboard=false",
+                # the dashboard's REST API is what `serve deploy` talks to (loopback only)
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={ports[8]}",
             ]
         else:
@@ -227,6 +234,11 @@ class RayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.head.port}"
 
+    @property
+    def dashboard(self) -> str:
+        """The head's dashboard (``serve deploy -a``)."""
+        return f"http://127.0.0.1:{self.head.dashboard_port}"
+
     def start(self) -> None:
         head = RayNode("head", self.workdir / "head", self.env)
         self.nodes.append(head)
@@ -290,6 +302,57 @@ def two_node_cluster() -> Iterator[RayCluster]:
             yield cluster
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class ServeDeploy:
+    """``serve deploy`` of deployments/serve.yaml on the cluster, with this test's config,
+    Redis URL and HTTP port put in (everything else as shipped)."""
+
+    def __init__(
+        self, cluster: RayCluster, config: Path, redis_url: str, port: int, *, log: Path
+    ) -> None:
+        self.cluster = cluster
+        self.port = port
+        self.log = log
+        self.base = f"http://127.0.0.1:{port}"
+        shipped = yaml.safe_load((ROOT / "deployments" / "serve.yaml").read_text())
+        shipped["http_options"].update(host="127.0.0.1", port=port)
+        (app,) = shipped["applications"]
+        app["args"].update(config=str(config.resolve()), redis_url=redis_url)
+        self.file = log.with_name("serve.yaml")
+        self.file.write_text(yaml.safe_dump(shipped))
+        self.up_after = 0.0
+
+    def _serve(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(BIN / "serve"), *args, "-a", self.cluster.dashboard]
+        out = subprocess.run(
+            cmd, env=self.cluster.env, capture_output=True, text=True, timeout=120, check=False
+        )
+        with open(self.log, "a") as log:
+            log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}")
+        return out
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        out = self._serve("deploy", str(self.file))
+        if out.returncode != 0:
+            raise RuntimeError(f"serve deploy failed:\n{out.stdout}{out.stderr}")
+
+    def wait_up(self, experiment: str, timeout: float = 150.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"{self.base}/v1/experiments/{experiment}/predict"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.post(url, json={"inputs": 0}, timeout=5).status_code == 200:
+                    self.up_after = time.monotonic() - self.started_at
+                    return
+            time.sleep(0.5)
+        status = self._serve("status")
+        raise TimeoutError(f"serve deploy not up in {timeout} s:\n{status.stdout}")
+
+    def stop(self) -> int:
+        """``serve shutdown``: every app and Serve's actors leave the cluster."""
+        return self._serve("shutdown", "-y").returncode
 
 
 class ServeRun:

@@ -42,6 +42,7 @@ from tests.conftest import delete_experiment_keys, free_port
 from tests.ray_cluster import (
     RayCluster,
     RayNode,
+    ServeDeploy,
     ServeRun,
     ServeWatcher,
     Snapshot,
@@ -104,12 +105,17 @@ def write_config(path: Path, exp: str) -> Path:
 
 @contextlib.contextmanager
 def serving(
-    cluster: RayCluster, redis_url: str, exp: str, workdir: Path
-) -> Iterator[tuple[ServeRun, ServeWatcher]]:
-    """``bandit-serve run --address`` on the cluster with 2 routers, and a watcher; both
-    stopped by PID at the end (the run's SIGTERM shuts Serve down on the cluster)."""
+    cluster: RayCluster, redis_url: str, exp: str, workdir: Path, *, how: str = "run"
+) -> Iterator[tuple[ServeRun | ServeDeploy, ServeWatcher]]:
+    """The app on the cluster with 2 routers, deployed by ``bandit-serve run --address``
+    (``how="run"``; its SIGTERM shuts Serve down at the end) or by ``serve deploy`` of
+    deployments/serve.yaml (``"deploy"``; ``serve shutdown`` at the end), and a watcher."""
     config = write_config(workdir / f"{exp}.yaml", exp)
-    run = ServeRun(cluster, config, redis_url, free_port(), log=workdir / "run.log")
+    run: ServeRun | ServeDeploy
+    if how == "run":
+        run = ServeRun(cluster, config, redis_url, free_port(), log=workdir / "run.log")
+    else:
+        run = ServeDeploy(cluster, config, redis_url, free_port(), log=workdir / "deploy.log")
     watcher = ServeWatcher(cluster, APP, workdir / "watcher.log")
     try:
         run.start()
@@ -196,16 +202,21 @@ def check_spread(watcher: ServeWatcher, exp: str) -> None:
     assert placement(snap) == {ROUTER: both, **models}, snap
 
 
-def test_on_a_redis_cluster_replicas_spread_over_both_nodes_and_rewards_count_once(
+def test_serve_deploy_on_a_redis_cluster_spreads_replicas_and_counts_rewards_once(
     cluster: RayCluster, redis_cluster: ClusterProcesses, tmp_path: Path
 ) -> None:
+    """deployments/serve.yaml (this test's config, Redis URL and port put in) deployed with
+    ``serve deploy`` through the head's dashboard, on a 3-master, 3-replica Redis Cluster."""
     cluster.ensure_second()
     exp = f"cl-rc-{os.getpid()}-{int(time.time())}"
-    with serving(cluster, redis_cluster.url, exp, tmp_path) as (run, watcher):
+    with serving(cluster, redis_cluster.url, exp, tmp_path, how="deploy") as (run, watcher):
         check_spread(watcher, exp)
         nodes = asyncio.run(exactly_once_round(run.base, exp, cluster))
         assert set(nodes) == {"head", "second"}, nodes  # routers on both nodes answered
-        print(f"Redis Cluster: deployed in {run.up_after:.1f} s; answers by node {dict(nodes)}")
+        print(
+            f"serve deploy, Redis Cluster: up in {run.up_after:.1f} s; "
+            f"answers by node {dict(nodes)}"
+        )
 
 
 @dataclass
@@ -328,7 +339,11 @@ def on_head(s: Snapshot, deployment: str | None = None) -> list[str | None]:
 
 
 async def kill_second_node_under_load(
-    run: ServeRun, exp: str, cluster: RayCluster, watcher: ServeWatcher, ledger: Ledger
+    run: ServeRun | ServeDeploy,
+    exp: str,
+    cluster: RayCluster,
+    watcher: ServeWatcher,
+    ledger: Ledger,
 ) -> KillReport:
     stop = asyncio.Event()
     tasks = [
@@ -376,17 +391,17 @@ def test_losing_the_second_node_under_load_loses_nothing_acknowledged(
         before = arm_state(run.base, exp)
         ledger = Ledger()
         report = asyncio.run(kill_second_node_under_load(run, exp, cluster, watcher, ledger))
-        print(f"one Redis: deployed in {run.up_after:.1f} s; {report}")
+        print(f"bandit-serve run --address, one Redis: up in {run.up_after:.1f} s; {report}")
         after = arm_state(run.base, exp)
-        # the service kept answering: every failure was a request in flight to the dying
-        # node (its proxy's connections dropped when its processes died); none after
-        assert all(c.start < report.killed_at + report.node_gone_after for c in report.failures)
-        assert all(c.end < report.killed_at + report.node_gone_after + 1 for c in report.failures)
+        # the service kept answering: every failure was a request sent while the node was
+        # dying (to its proxy, whose connections dropped when its processes died, or to a
+        # model replica on it: that arm's error, 502); every later request was answered
+        gone = report.killed_at + report.node_gone_after
+        assert all(c.start < gone for c in report.failures), str(report)
         assert len(report.failures) <= 3 * CLIENTS, str(report)
-        after_kill = [
-            c for c in ledger.calls if c.start > report.killed_at + report.node_gone_after
-        ]
+        after_kill = [c for c in ledger.calls if c.start > gone]
         assert len(after_kill) > 100, str(report)  # load went on through the recovery
+        assert all(c.outcome in ("200", "409") for c in after_kill), str(report)
 
         # -- nothing acknowledged is lost, nothing counted twice ----------------------------
         k = ExperimentKeys(exp, 0)
