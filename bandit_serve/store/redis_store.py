@@ -213,6 +213,7 @@ class RedisStore(Store):
         self._epochs: dict[str, int] = {}
         self._reward_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
         self._log_batchers: dict[ExperimentSettings, Coalescer[_LogItem, str]] = {}
+        self._unit_batchers: dict[ExperimentSettings, Coalescer[str, str]] = {}
         self._scripts: dict[str, AsyncScript] = {
             name: self.client.register_script(_script_source(name))
             for name in (
@@ -578,19 +579,29 @@ class RedisStore(Store):
     ) -> dict[str, tuple[str, float]]:
         if not units:
             return {}
+        # concurrent reads are coalesced like writes: one round trip for many requests
+        packed = await self._send(self._unit_batchers, exp, list(units), self._assignments_now)
+        out = {}
+        for u, text in zip(units, packed, strict=True):
+            if text:
+                arm, _, p = text.rpartition(" ")  # arm names have no spaces
+                out[u] = (arm, float(p))
+        return out
+
+    async def _assignments_now(self, exp: ExperimentSettings, units: list[str]) -> list[str]:
+        """One read for all ``units``: "<arm> <propensity>" each, "" when unassigned."""
         k = self.keys(exp.name)
 
-        async def fetch() -> list[list[str | None]]:
+        async def fetch() -> list[list[Any]]:
+            if len(units) == 1:  # one command: cheaper than a pipeline in redis-py
+                return [await self.client.hmget(k.unit(units[0]), "arm", "p")]
             async with self.client.pipeline(transaction=False) as pipe:
                 for u in units:
                     pipe.hmget(k.unit(u), "arm", "p")
                 return list(await pipe.execute())
 
-        out = {}
-        for u, (arm, p) in zip(units, await self._call("assignments", fetch()), strict=True):
-            if arm is not None and p is not None:
-                out[u] = (arm, float(p))
-        return out
+        rows = await self._call("assignments", fetch())
+        return ["" if arm is None or p is None else f"{arm} {p}" for arm, p in rows]
 
     async def log_shadow(self, exp: ExperimentSettings, calls: Sequence[ShadowCall]) -> None:
         if not calls:
