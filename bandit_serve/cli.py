@@ -348,6 +348,9 @@ def run(
     model_timeout_s: Annotated[float, _opt("model_timeout_s", min=0.001)] = _RUN[
         "model_timeout_s"
     ].default,
+    router_own_thread: Annotated[bool, _opt("router_own_thread")] = _RUN[
+        "router_own_thread"
+    ].default,
     insecure: Annotated[
         bool,
         typer.Option(help="Serve without an auth section on a non-loopback address."),
@@ -388,6 +391,7 @@ def run(
         max_queued_requests=max_queued_requests,
         retry_after_s=retry_after_s,
         model_timeout_s=model_timeout_s,
+        router_own_thread=router_own_thread,
     )
     from bandit_serve.config import load_config
     from bandit_serve.service.runner import check_exposure

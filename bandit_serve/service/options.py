@@ -46,6 +46,12 @@ class AppArgs(BaseModel):
     model_timeout_s: float = Field(
         30.0, gt=0, description="A model call slower than this is the arm's error."
     )
+    router_own_thread: bool = Field(
+        False,
+        description="Run the router's code on an event loop and thread of its own, Ray "
+        "Serve's default; by default it shares the replica's loop, which costs less CPU "
+        "per request (benchmarks/README.md) (Ray engine).",
+    )
 
 
 def resolve_redis_url(args_url: str | None, cfg: AppConfig) -> str:

@@ -214,6 +214,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
             ).bind(arm.model.model_dump(), args.model_max_batch_size, args.model_batch_wait_s)
     return BanditRouter.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=args.router_replicas,
+        ray_actor_options=router_actor_options(args),
         user_config=cfg.model_dump(mode="json"),
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
@@ -224,6 +225,24 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         args.model_timeout_s,
         external,
     )
+
+
+def router_actor_options(args: AppArgs) -> dict[str, Any]:
+    """The router replicas' actor options. Unless ``router_own_thread``, the router's code
+    runs on the replica's own event loop, and so do the handles' request routing: Ray
+    Serve's defaults put each on a thread of its own, and every request then crosses
+    threads (and contends for the GIL) several times more; measured in
+    ``benchmarks/README.md``. The router's code never blocks its loop (models placed on
+    the router run in a thread pool unless they are async)."""
+    options: dict[str, Any] = {"num_cpus": 0.1}
+    if not args.router_own_thread:
+        options["runtime_env"] = {
+            "env_vars": {
+                "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+            }
+        }
+    return options
 
 
 def _check_start(cfg: AppConfig) -> None:
