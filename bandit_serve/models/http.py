@@ -1,4 +1,4 @@
-"""Arms of kind ``http``: a model endpoint, one pooled ``httpx.AsyncClient`` per arm.
+"""Arms of kind ``http``: a model endpoint, one pooled ``aiohttp.ClientSession`` per arm.
 
 Protocols:
 
@@ -31,19 +31,30 @@ prediction raise :class:`EndpointError`: the arm's error.
 Headers named in ``headers_from_env`` are read from the environment when the arm is
 loaded (a missing variable is a :class:`ConfigError` naming it). Their values appear in
 no message, log line or answer: every message an arm raises is scrubbed of them.
+
+The session follows no redirect (the credentials go to the configured URL only), keeps
+no cookie (it serves every user of the arm), holds at most :data:`MAX_CONNECTIONS`
+connections, and gives each request ``timeout_s`` in all (connecting, waiting for a
+pooled connection, sending and reading the whole answer). As httpx did, it takes a
+proxy from ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` (looked up once per session) and
+verifies TLS against ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set, else certifi's CAs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import math
 import os
+import ssl
 from collections.abc import Mapping
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import getproxies, proxy_bypass
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from bandit_serve.config.models import HttpModel
 from bandit_serve.errors import BanditServeError, ConfigError, InputRejected
@@ -53,6 +64,7 @@ from bandit_serve.models.contract import InputContract
 __all__ = ["EndpointError", "HttpArm", "infer_datatype", "resolve_headers", "tensors"]
 
 MAX_CONNECTIONS = 256  # per arm; a ModelVersion replica takes 100 requests at once
+KEEPALIVE_S = 5.0  # an idle pooled connection is closed after this (httpx's default)
 _FLOAT32_MAX = 3.4028234663852886e38
 _FP = {"FP16", "FP32", "FP64", "BF16"}
 _INT = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -106,8 +118,11 @@ class HttpArm(ArmModel):
         self.ref = ref
         self.headers = resolve_headers(ref, env)
         self._scrub = _Scrubbed(list(self.headers.values()))
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._proxy: dict[str, Any] = {}
+        self._retiring: asyncio.Task[None] | None = None
+        self._url = URL(ref.url)
         self._metadata: dict[str, Any] | None = None
         self._metadata_lock: asyncio.Lock | None = None
         self.where = _where(ref.url)
@@ -117,19 +132,25 @@ class HttpArm(ArmModel):
 
     # -- the connection pool -------------------------------------------------------------
 
-    def client(self) -> httpx.AsyncClient:
-        """The arm's pooled client (one per event loop: made on first use in a loop)."""
+    def client(self) -> aiohttp.ClientSession:
+        """The arm's pooled session (one per event loop: made on first use in a loop)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(
+            if self._client is not None and self._loop is not None:  # used in another loop
+                self._retiring = loop.create_task(_close(self._client, self._loop))
+            self._proxy = _env_proxy(self._url)
+            self._client = aiohttp.ClientSession(
                 headers=self.headers,
-                timeout=httpx.Timeout(self.ref.timeout_s),
-                limits=httpx.Limits(
-                    max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+                timeout=aiohttp.ClientTimeout(total=self.ref.timeout_s),
+                connector=aiohttp.TCPConnector(
+                    limit=MAX_CONNECTIONS,
+                    keepalive_timeout=KEEPALIVE_S,
+                    ssl=_tls() if self._url.scheme == "https" else True,
                 ),
-                follow_redirects=False,  # never carry the credentials elsewhere
-                # one client serves every user of the arm: it keeps no cookie
-                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+                # one session serves every user of the arm: it keeps no cookie
+                cookie_jar=aiohttp.DummyCookieJar(),
+                json_serialize=_json_dumps,
+                trust_env=False,  # the proxy is looked up above, not on every request
             )
             self._loop = loop
             self._metadata_lock = asyncio.Lock()
@@ -137,45 +158,56 @@ class HttpArm(ArmModel):
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        if client is not None and self._loop is not None:
+            await _close(client, self._loop)
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def _send(self, method: str, url: str, body: Any = None) -> Any:
-        """One request; the answer's JSON. Maps every failure to the arm's terms."""
-        client = self.client()
+    async def _exchange(self, method: str, url: URL, body: Any = None) -> tuple[int, bytes]:
+        """One request: the answer's status and body. EndpointError when there is none."""
+        session = self.client()
         try:
-            r = await client.request(method, url, json=body)
-        except httpx.TimeoutException:
+            async with session.request(
+                method,
+                url,
+                json=body,
+                allow_redirects=False,  # never carry the credentials elsewhere
+                **self._proxy,
+            ) as r:
+                return r.status, await r.read()
+        except TimeoutError:  # before OSError, its base
             raise EndpointError(
                 f"{self.where} gave no answer within {self.ref.timeout_s:g}s"
             ) from None
-        except httpx.HTTPError as err:
+        except (aiohttp.ClientError, OSError) as err:
             raise EndpointError(
-                self._scrub(f"{self.where} could not be reached ({type(err).__name__})")
+                self._scrub(f"{self.where} could not be reached ({_cause(err)})")
             ) from None
-        if r.status_code in (400, 422):  # the client sees this: no address of ours in it
-            raise InputRejected(f"its endpoint answered {r.status_code}")
-        if r.status_code in (401, 403):
-            raise EndpointError(f"{self.where} refused the credentials ({r.status_code})")
-        if not 200 <= r.status_code < 300:
-            raise EndpointError(f"{self.where} answered {r.status_code}")
+
+    async def _send(self, method: str, url: URL, body: Any = None) -> Any:
+        """One request; the answer's JSON. Maps every failure to the arm's terms."""
+        status, content = await self._exchange(method, url, body)
+        if status in (400, 422):  # the client sees this: no address of ours in it
+            raise InputRejected(f"its endpoint answered {status}")
+        if status in (401, 403):
+            raise EndpointError(f"{self.where} refused the credentials ({status})")
+        if not 200 <= status < 300:
+            raise EndpointError(f"{self.where} answered {status}")
         try:
-            return r.json()
+            return json.loads(content)
         except ValueError:
-            raise EndpointError(f"{self.where} answered {r.status_code} without JSON") from None
+            raise EndpointError(f"{self.where} answered {status} without JSON") from None
 
     async def apredict(self, inputs: Any) -> Any:
         p = self.ref.protocol
         if p == "json":
-            answer = await self._send("POST", self.ref.url, {"inputs": inputs})
+            answer = await self._send("POST", self._url, {"inputs": inputs})
             if self.ref.output_field is None:
                 return answer
             return self._field(answer, self.ref.output_field)
         if p == "kserve-v2":
             return await self._infer(inputs)
-        answer = await self._send("POST", self.ref.url, self._chat_body(inputs))
+        answer = await self._send("POST", self._url, self._chat_body(inputs))
         try:
             content = answer["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -225,7 +257,7 @@ class HttpArm(ArmModel):
             assert self._metadata_lock is not None
             async with self._metadata_lock:
                 if self._metadata is None:
-                    meta = await self._send("GET", self.metadata_url)
+                    meta = await self._send("GET", URL(self.metadata_url))
                     if not isinstance(meta, dict):
                         raise EndpointError(f"{self.where}'s model metadata is not an object")
                     self._metadata = meta
@@ -234,7 +266,7 @@ class HttpArm(ArmModel):
     async def _infer(self, inputs: Any) -> Any:
         meta = await self.metadata()
         request, batched = tensors(inputs, meta.get("inputs") or [])
-        answer = await self._send("POST", self.ref.url, {"inputs": request})
+        answer = await self._send("POST", self._url, {"inputs": request})
         outputs = answer.get("outputs") if isinstance(answer, dict) else None
         if not isinstance(outputs, list) or not outputs:
             raise EndpointError(f"{self.where}'s answer has no outputs")
@@ -270,22 +302,76 @@ class HttpArm(ArmModel):
                 parts = urlsplit(url)
                 path = parts.path.rstrip("/").removesuffix("/chat/completions") + "/models"
                 url = urlunsplit(parts._replace(path=path))
-            r = await self.client().get(url)
+            status, _ = await self._exchange("GET", URL(url))
         except EndpointError as err:
             return str(err)
         except InputRejected as err:
             return f"{err} to a probe"
-        except httpx.TimeoutException:
-            return f"{self.where} gave no answer within {self.ref.timeout_s:g}s"
-        except httpx.HTTPError as err:
-            return self._scrub(f"{self.where} could not be reached ({type(err).__name__})")
-        if r.status_code in (401, 403):
-            return f"{self.where} refused the credentials ({r.status_code})"
-        if r.status_code == 404 or r.status_code >= 500:
-            return f"{self.where} answered {r.status_code} to a probe"
-        if p == "openai-chat" and not 200 <= r.status_code < 300:
-            return f"{self.where} answered {r.status_code} to GET {urlsplit(url).path}"
+        if status in (401, 403):
+            return f"{self.where} refused the credentials ({status})"
+        if status == 404 or status >= 500:
+            return f"{self.where} answered {status} to a probe"
+        if p == "openai-chat" and not 200 <= status < 300:
+            return f"{self.where} answered {status} to GET {urlsplit(url).path}"
         return None
+
+
+async def _close(session: aiohttp.ClientSession, its_loop: asyncio.AbstractEventLoop) -> None:
+    """Closes a session from any event loop: in its own; when its loop is closed (its
+    connections went with it: closing marks it so, touching nothing of that loop); in a
+    loop running in another thread, by that loop. A session left in a loop neither closed
+    nor running stays as it is."""
+    if its_loop is asyncio.get_running_loop() or its_loop.is_closed():
+        await session.close()
+    elif its_loop.is_running():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(session.close(), its_loop))
+
+
+# httpx's JSON: compact, UTF-8, and NaN or infinity refused (a ValueError) rather than sent
+_json_dumps = functools.partial(
+    json.dumps, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+
+
+def _cause(err: BaseException) -> str:
+    """What went wrong, named as before (httpx's names): no library detail, no address."""
+    if isinstance(err, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return "ProxyError"
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return "ConnectError"  # refused, no route, DNS, TLS handshake or certificate
+    if isinstance(
+        err,
+        aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError,
+    ):
+        return "RemoteProtocolError"
+    if isinstance(err, OSError):
+        return "ReadError"  # the connection broke while sending or reading
+    return type(err).__name__
+
+
+def _env_proxy(url: URL) -> dict[str, Any]:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``NO_PROXY``), as a request's keywords: none, or the proxy and its credentials."""
+    if url.host is None or proxy_bypass(url.host):
+        return {}
+    named = getproxies().get(url.scheme)
+    if not named:
+        return {}
+    proxy = URL(named if "://" in named else f"http://{named}")
+    return {"proxy": proxy.with_user(None), "proxy_auth": aiohttp.BasicAuth.from_url(proxy)}
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """TLS verification as httpx did it: SSL_CERT_FILE or SSL_CERT_DIR when set, else
+    certifi's CA bundle (made once per process, for arms with an https URL)."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _where(url: str) -> str:
