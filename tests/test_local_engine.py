@@ -1,0 +1,166 @@
+"""``bandit-serve run --engine local`` as a user runs it: its own Redis, workers that
+reload the config in place, one-line errors, and a SIGTERM that leaves nothing behind.
+(The API itself is tested on every engine in tests/test_engines.py.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import redis
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ONE = (
+    "experiments:\n"
+    "  - name: one\n"
+    "    arms:\n"
+    "      - {name: a, model: 'tests.fixtures.models:echo_a'}\n"
+    "      - {name: b, model: 'tests.fixtures.models:echo_b'}\n"
+    "    policy: {kind: epsilon_greedy, epsilon: 0.5}\n"
+    "    reward: {kind: bernoulli}\n"
+    "    sync_interval_seconds: 0.2\n"
+)
+
+
+def _run(tmp_path: Path, text: str, *extra: str, timeout: float = 120) -> tuple[int, str]:
+    """A run that is expected to fail at once: its exit code and output."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(text)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bandit_serve.cli",
+            "run",
+            str(config),
+            "--engine",
+            "local",
+            "--port",
+            str(free_port()),
+            *extra,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return r.returncode, r.stdout + r.stderr
+
+
+def _error_lines(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith("error:")]
+
+
+def test_run_local_serves_reloads_and_sigterm_stops_everything(tmp_path: Path) -> None:
+    """Two workers and the Redis it started; a config change reaches both workers in
+    place; SIGTERM to the process group (systemd, Kubernetes) stops every process."""
+    config = tmp_path / "one.yaml"
+    config.write_text(ONE)
+    http_port, redis_port = free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bandit_serve.cli",
+            "run",
+            str(config),
+            "--engine",
+            "local",
+            "--workers",
+            "2",
+            "--port",
+            str(http_port),
+            "--redis-url",
+            redis_url,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.post(f"{base}/v1/experiments/one/predict", json={"inputs": 1}).is_success:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "did not come up"
+            time.sleep(0.5)
+        assert redis.Redis.from_url(redis_url).ping()  # the Redis it started itself
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in started)
+        assert "redis-server" in names and "raylet" not in names and "gcs_server" not in names
+        workers = [c for c in started if "multiprocessing" in " ".join(c.cmdline())]
+        assert len([w for w in workers if "spawn_main" in " ".join(w.cmdline())]) == 2
+
+        config.write_text(ONE.replace("epsilon: 0.5}", "epsilon: 0.5}\n    baseline: b"))
+
+        def every_worker_reloaded() -> bool:
+            views = [httpx.get(f"{base}/v1/experiments/one").json() for _ in range(8)]
+            return all(v["baseline"] == "b" for v in views)
+
+        deadline = time.monotonic() + 60
+        while not every_worker_reloaded():
+            assert time.monotonic() < deadline, "the workers did not reload the config"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        began = time.monotonic()
+        out, _ = proc.communicate(timeout=60)
+    stopped_in = time.monotonic() - began
+    _, alive = psutil.wait_procs(started, timeout=max(0.1, 15 - stopped_in))
+    assert not alive, [p.cmdline() for p in alive]
+    assert proc.returncode == 0, out[-3000:]
+    assert "bandit-serve is up" in out and "local engine, 2 worker(s)" in out
+    assert f"config {config} changed: reloaded" in out
+    assert "bandit-serve stopped" in out and stopped_in < 15
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
+
+
+def test_a_model_that_does_not_load_is_one_line_naming_its_arm(
+    tmp_path: Path, redis_url: str
+) -> None:
+    bad = ONE.replace("tests.fixtures.models:echo_b", "tests.fixtures.models:no_such_model")
+    code, out = _run(tmp_path, bad, "--redis-url", redis_url)
+    errors = _error_lines(out)
+    assert code == 2 and len(errors) == 1, out
+    assert errors[0].startswith("error: the model of experiment one arm b did not load:")
+    assert "no_such_model" in errors[0] and "Traceback" not in out
+
+
+def test_what_the_local_engine_cannot_do_is_one_line_each(tmp_path: Path, redis_url: str) -> None:
+    deployment = ONE.replace(
+        "{name: b, model: 'tests.fixtures.models:echo_b'}",
+        "{name: b, model: {kind: deployment, app: ranking, deployment: RankerV2}}",
+    )
+    code, out = _run(tmp_path, deployment, "--redis-url", redis_url)
+    assert code == 2 and _error_lines(out) == [
+        "error: arm 'b' of experiment 'one' is a Ray Serve deployment (ranking/RankerV2); "
+        "only the Ray Serve engine can call it"
+    ], out
+    code, out = _run(tmp_path, ONE, "--address", "127.0.0.1:1")
+    assert code == 2 and len(_error_lines(out)) == 1 and "--address" in out, out
+    code, out = _run(tmp_path, ONE, "--engine", "ray", "--workers", "2")
+    assert code == 2 and _error_lines(out) == [
+        "error: --workers is for --engine local; Ray scales with --router-replicas"
+    ], out
+    code, out = _run(tmp_path, ONE, "--engine", "spark")
+    assert code == 2 and "--engine 'spark' is not one of: ray, local" in out, out
