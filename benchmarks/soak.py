@@ -54,6 +54,7 @@ import aiohttp
 import psutil
 import yaml
 
+from bandit_serve.store import ExperimentSettings, RedisStore
 from tests.ray_cluster import session_members
 from tests.redis_servers import RedisProcess, free_ports
 
@@ -451,10 +452,35 @@ class Driver:
             await asyncio.sleep(max(0.0, min(every, until - self.now())))
 
 
+def census(service: Service) -> dict[str, tuple[int, int]]:
+    """Every key's ``MEMORY USAGE``, summed by kind: {kind: (keys, bytes)}."""
+    out: dict[str, tuple[int, int]] = {}
+    with contextlib.closing(service.redis.client()) as c:
+        for key in c.scan_iter(count=1000):
+            name = str(key)
+            kind = name.split(":e0:")[-1].split(":")[0] if ":e0:" in name else name
+            kind = {"ev": "decision records", "b": "time buckets", "due": "due sets"}.get(
+                kind, "other keys"
+            )
+            n, size = out.get(kind, (0, 0))
+            out[kind] = (n + 1, size + int(c.memory_usage(key, samples=0) or 0))
+    return out
+
+
 def per_decision(service: Service) -> dict[str, float]:
     """Redis bytes: event keys by state, one due-set entry, one time bucket."""
     out: dict[str, float] = {}
+    for kind, (n, size) in sorted(census(service).items()):
+        out[f"all {kind} ({n} keys), total"] = size
     with contextlib.closing(service.redis.client()) as c:
+        stats = c.memory_stats()
+        out["used_memory_dataset (MEMORY STATS dataset.bytes)"] = int(stats["dataset.bytes"])
+        out["main dict overhead (overhead.hashtable.main)"] = int(
+            stats.get("db.0", {}).get("overhead.hashtable.main", 0)
+        )
+        out["expires dict overhead (overhead.hashtable.expires)"] = int(
+            stats.get("db.0", {}).get("overhead.hashtable.expires", 0)
+        )
         by_state: dict[str, list[int]] = {}
         for n, key in enumerate(c.scan_iter(match=f"bandit:{{{service.exp}}}:e0:ev:*", count=500)):
             if n >= 600:
@@ -504,6 +530,39 @@ def per_decision(service: Service) -> dict[str, float]:
     return out
 
 
+async def store_cost(service: Service, n: int = 20_000) -> dict[str, float]:
+    """Redis ``used_memory`` per decision, everything included (the record, its due-set
+    entry, the key's slots in the keyspace and expiry tables, allocator rounding): ``n``
+    decisions logged through the store into an experiment of their own with the default
+    windows, then rewarded (the due-set entries go), then deleted."""
+    exp = ExperimentSettings(f"{service.exp}-mem")
+    store = RedisStore.from_url(service.redis.url)
+
+    def used() -> int:
+        with contextlib.closing(service.redis.client()) as c:
+            return int(c.info("memory")["used_memory"])
+
+    try:
+        before = used()
+        ids: list[str] = []
+        for _ in range(0, n, 1000):
+            records = await store.record_decisions(exp, ["a"] * 1000, [0.5] * 1000)
+            ids += [r.event_id for r in records]
+        pending = used()
+        for i in range(0, n, 1000):
+            await store.apply_rewards(exp, [(e, 1.0) for e in ids[i : i + 1000]])
+        rewarded = used()
+    finally:
+        await store.close()
+        with contextlib.closing(service.redis.client()) as c:
+            for key in list(c.scan_iter(match=f"bandit:{{{exp.name}}}*", count=1000)):
+                c.delete(key)
+    return {
+        f"used_memory per pending decision ({n:,} logged)": (pending - before) / n,
+        "used_memory per rewarded decision (due-set entry gone)": (rewarded - before) / n,
+    }
+
+
 async def soak(service: Service, s: Settings) -> Result:
     connector = aiohttp.TCPConnector(limit=256)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -526,6 +585,7 @@ async def soak(service: Service, s: Settings) -> Result:
         await asyncio.gather(d.open_loop(rate, seconds), *jobs)
         result = Result(s, rate, capacity, d.now(), d.ledger, faults, samples)
         result.per_decision = await asyncio.to_thread(per_decision, service)
+        result.per_decision.update(await store_cost(service))
         if s.settle:  # every unrewarded decision gets its default, then the counts
             await asyncio.sleep(s.wait_seconds + 10)
             async with http.get(d.url) as r:
@@ -626,6 +686,18 @@ def report(r: Result) -> str:
                 f"  {label:>26} {pid:>7}: RSS {rss:7.1f} MiB {100 * g_rss:+6.1f}%, "
                 f"PSS {100 * g_pss:+6.1f}%"
             )
+            if g_rss > 0.05:  # its course: still rising at the end, or levelled off?
+                course = [
+                    f"{x.procs[k][1] / 2**20:.0f}"
+                    for x in r.samples
+                    for k in x.procs
+                    if k[0] == pid
+                ]
+                lines.append(f"  {'':>26} RSS every 30 s (MiB): {' '.join(course)}")
+        lines.append(
+            "  Redis used_memory every 30 s (MiB): "
+            + " ".join(f"{x.used_memory / 2**20:.2f}" for x in r.samples)
+        )
     for what, size in r.per_decision.items():
         lines.append(f"Redis {what}: {size:.0f} bytes")
     if r.counts:
