@@ -75,6 +75,7 @@ class Settings:
     memory_every: float = 30.0
     compare_from: float = 180.0  # memory compared from this second to the end
     settle: bool = True  # after the load, wait out the window and check the counts
+    redis_sizes: bool = True  # after the load, measure Redis's memory per decision
     seed: int = 1
     echo: bool = True
 
@@ -584,8 +585,9 @@ async def soak(service: Service, s: Settings) -> Result:
             jobs.append(d.killer(s.kill_every, seconds, faults))
         await asyncio.gather(d.open_loop(rate, seconds), *jobs)
         result = Result(s, rate, capacity, d.now(), d.ledger, faults, samples)
-        result.per_decision = await asyncio.to_thread(per_decision, service)
-        result.per_decision.update(await store_cost(service))
+        if s.redis_sizes:
+            result.per_decision = await asyncio.to_thread(per_decision, service)
+            result.per_decision.update(await store_cost(service))
         if s.settle:  # every unrewarded decision gets its default, then the counts
             await asyncio.sleep(s.wait_seconds + 10)
             async with http.get(d.url) as r:

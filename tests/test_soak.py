@@ -17,7 +17,7 @@ from benchmarks.soak import Settings, report, run
 def test_soak_two_minutes_with_a_router_killed_fails_nothing_outside_the_fault_window(
     tmp_path: Path,
 ) -> None:
-    s = Settings(minutes=2, rate=15.0, kill_every=60.0, settle=False, echo=False)
+    s = Settings(minutes=2, rate=15.0, kill_every=60.0, settle=False, redis_sizes=False, echo=False)
     result = run(s, workdir=tmp_path)
     text = report(result)
     print(text)  # the figures, with -s
