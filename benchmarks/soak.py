@@ -239,7 +239,7 @@ class Service:
     def start(self, s: Settings) -> None:
         self.redis.start()
         cmd = [str(BIN / "bandit-serve"), "run", str(self.config(s)), "--port", str(self.port)]
-        cmd += ["--redis-url", self.redis.url, "--router-replicas", "2"]
+        cmd += ["--redis-url", self.redis.url, "--router-replicas", "2", "--engine", "ray"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

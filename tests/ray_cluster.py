@@ -384,6 +384,8 @@ class ServeRun:
             redis_url,
             "--router-replicas",
             str(router_replicas),
+            "--engine",
+            "ray",
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
