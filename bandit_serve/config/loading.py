@@ -157,6 +157,7 @@ def load_config(path: str | Path) -> AppConfig:
     cfg = parse_config(AppConfig, read_yaml(path), str(path))
     base = Path(path).resolve().parent
     cfg = _with_keys_file(cfg, base)
+
     def resolved(arms: Sequence[_Hosted]) -> list[_Hosted]:
         return [a.model_copy(update={"model": a.model.relative_to(base)}) for a in arms]
 
