@@ -214,3 +214,46 @@ def test_run_with_a_bad_config_names_file_and_field(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert f"{bad}: experiments[0].arms: Field required" in r.stderr
+
+
+def test_a_config_change_that_fails_to_deploy_is_one_line_and_the_watch_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A redeploy that fails (a model that does not start) must not stop ``run``: the
+    watcher says so in one line and deploys the next change that works."""
+    import threading
+
+    from bandit_serve.errors import BanditServeError
+    from bandit_serve.service.runner import _watch
+
+    config = tmp_path / "c.yaml"
+    config.write_text(Path("configs/demo.yaml").read_text())
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def redeploy() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise BanditServeError("the model of experiment digits arm v2 did not start: boom")
+
+    watcher = threading.Thread(target=_watch, args=(config, stop, 0.05, redeploy))
+    watcher.start()
+    time.sleep(0.5)  # the watcher reads the file's first mtime as it starts
+    try:
+        for change in (1, 2):
+            os.utime(config, (time.time() + 10 * change,) * 2)
+            deadline = time.monotonic() + 10
+            while len(calls) < change and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    out = capsys.readouterr().out
+    assert len(calls) == 2, out
+    assert not watcher.is_alive()
+    failed = [ln for ln in out.splitlines() if "did not deploy" in ln]
+    assert failed == [
+        f"config {config} changed but did not deploy: "
+        "the model of experiment digits arm v2 did not start: boom"
+    ]
+    assert out.count(f"config {config} changed: redeployed") == 1

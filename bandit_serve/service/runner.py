@@ -185,7 +185,11 @@ def _watch(
         except ConfigError as err:
             print(f"config changed but is invalid; keeping the running one:\n{err}", flush=True)
             continue
-        redeploy()
+        try:
+            redeploy()
+        except BanditServeError as err:  # keep serving and watching: a fixed file deploys
+            print(f"config {config} changed but did not deploy: {err}", flush=True)
+            continue
         print(f"config {config} changed: {done}", flush=True)
 
 
