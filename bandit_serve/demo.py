@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import uuid
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,16 @@ def model_path(version: str) -> Path:
     return home() / "models" / f"digits-{version}.joblib"
 
 
+_build = threading.Lock()  # threads of one process build a model once
+
+
 @cache
 def _model(version: str) -> Any:
+    with _build:  # requests in a thread pool miss the cache together on first use
+        return _load_or_build(version)
+
+
+def _load_or_build(version: str) -> Any:
     import joblib
 
     path = model_path(version)
@@ -69,7 +79,7 @@ def _model(version: str) -> Any:
     )
     model.fit(x[:n], y[:n])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")
     joblib.dump(model, tmp)
     tmp.replace(path)  # atomic: replicas may build at the same time
     return model

@@ -85,6 +85,31 @@ def test_demo_models_are_built_on_first_use_and_v2_is_stronger(
     assert digit in range(10)
 
 
+def test_demo_models_build_once_when_many_threads_ask_at_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh process whose first requests arrive together in a thread pool (the local
+    engine, a ModelVersion): every request is answered. Before, each thread built the
+    model and renamed the same temporary file, and all but one failed (a 502 blamed on
+    the arm; seen in CI)."""
+    monkeypatch.setenv("BANDIT_SERVE_HOME", str(tmp_path))
+    code = (
+        "import json\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from bandit_serve import demo\n"
+        "x, _ = demo.traffic()\n"
+        "with ThreadPoolExecutor(8) as pool:\n"
+        "    got = list(pool.map(lambda i: demo.predict_v1(x[i].tolist()), range(16)))\n"
+        "print(json.dumps(got))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert all(d in range(10) for d in json.loads(run.stdout.splitlines()[-1]))
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["digits-v1.joblib"]
+
+
 # -- input contracts and references of every kind ------------------------------------------
 
 
