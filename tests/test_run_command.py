@@ -3,6 +3,7 @@ SIGTERM leaves no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -128,6 +129,58 @@ def test_run_serves_and_sigterm_stops_everything_it_started(tmp_path: Path, targ
         raise AssertionError("the Redis the command started is still running")
     except redis.ConnectionError:
         pass
+
+
+def test_a_model_that_does_not_start_on_ray_is_one_line_and_nothing_is_left(
+    tmp_path: Path,
+) -> None:
+    """On Ray the models load in their ModelVersion replicas: a model that does not load
+    there is one line naming the experiment, the arm and the cause (not Ray's traceback),
+    the command exits non-zero, and every process it started is gone."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(ONE.replace("tests.fixtures.models:echo_b", "tests.fixtures.models:nope"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bandit_serve.cli",
+            "run",
+            str(bad),
+            "--engine",
+            "ray",
+            "--port",
+            str(free_port()),
+            "--redis-url",
+            f"redis://127.0.0.1:{free_port()}/0",
+            "--router-replicas",
+            "1",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    started: dict[int, psutil.Process] = {}  # every process it starts, seen while it runs
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    started.setdefault(child.pid, child)
+            time.sleep(0.2)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, out[-3000:]
+    assert errors[0].startswith("error: the model of experiment one arm b did not start:"), out
+    assert "nope" in errors[0] and len(errors[0]) < 400 and "Traceback" not in out
+    assert len(started) > 2  # its Redis, Ray's GCS, raylet, workers...
+    _, alive = psutil.wait_procs(list(started.values()), timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
 
 
 def test_a_port_in_use_and_an_unreachable_cluster_are_one_line_each(tmp_path: Path) -> None:
