@@ -45,11 +45,11 @@ def _session(sid: int) -> list[psutil.Process]:
 
 
 def _start(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, config_text: str = ONE
 ) -> tuple[subprocess.Popen[str], int, str]:
     """`bandit-serve run` as systemd would start it: the leader of a session of its own."""
     config = tmp_path / "one.yaml"
-    config.write_text(ONE)
+    config.write_text(config_text)
     http_port, redis_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     proc = subprocess.Popen(
@@ -137,31 +137,8 @@ def test_a_model_that_does_not_start_on_ray_is_one_line_and_nothing_is_left(
     """On Ray the models load in their ModelVersion replicas: a model that does not load
     there is one line naming the experiment, the arm and the cause (not Ray's traceback),
     the command exits non-zero, and every process it started is gone."""
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(ONE.replace("tests.fixtures.models:echo_b", "tests.fixtures.models:nope"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bandit_serve.cli",
-            "run",
-            str(bad),
-            "--engine",
-            "ray",
-            "--port",
-            str(free_port()),
-            "--redis-url",
-            f"redis://127.0.0.1:{free_port()}/0",
-            "--router-replicas",
-            "1",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    bad = ONE.replace("tests.fixtures.models:echo_b", "tests.fixtures.models:nope")
+    proc, _, _ = _start(tmp_path, "--engine", "ray", config_text=bad)
     started: dict[int, psutil.Process] = {}  # every process it starts, seen while it runs
     try:
         deadline = time.monotonic() + 240
