@@ -164,3 +164,29 @@ def test_what_the_local_engine_cannot_do_is_one_line_each(tmp_path: Path, redis_
     ], out
     code, out = _run(tmp_path, ONE, "--engine", "spark")
     assert code == 2 and "--engine 'spark' is not one of: ray, local" in out, out
+
+
+def test_a_config_change_made_while_a_worker_starts_is_not_missed(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A worker reads the config, loads its models, then starts watching the file: a
+    change written in between must still reach it (it missed it before: CI saw one of
+    two workers keep the old config for good)."""
+    import uuid
+
+    from bandit_serve.service.local import create_local_app
+    from bandit_serve.service.options import AppArgs
+    from tests.conftest import serve_in_thread
+
+    name = f"race{uuid.uuid4().hex[:8]}"
+    text = ONE.replace("name: one", f"name: {name}")
+    config = tmp_path / "one.yaml"
+    config.write_text(text)
+    app = create_local_app(AppArgs(config=str(config), redis_url=redis_url), watch_interval=0.05)
+    config.write_text(text.replace("epsilon: 0.5}", "epsilon: 0.5}\n    baseline: b"))
+    os.utime(config, (time.time() + 5,) * 2)  # a coarse clock could give the same mtime
+    with serve_in_thread(app) as base:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{base}/v1/experiments/{name}").json()["baseline"] != "b":
+            assert time.monotonic() < deadline, "the change made during start-up was missed"
+            time.sleep(0.1)

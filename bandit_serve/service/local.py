@@ -209,6 +209,7 @@ def create_local_app(
     from bandit_serve.store import RedisStore
 
     config = Path(args.config)
+    loaded = _mtime(config)  # before reading it: a change made while we start is seen
     cfg = load_config(config)
     store = RedisStore.from_url(resolve_redis_url(args.redis_url, cfg))
     local = models if models is not None else LocalModels(cfg)
@@ -217,7 +218,7 @@ def create_local_app(
 
     async def watch() -> None:
         """Reload the config file in place when it changes and still loads."""
-        mtime = _mtime(config)
+        mtime = loaded
         while True:
             await asyncio.sleep(watch_interval)
             now = _mtime(config)

@@ -169,9 +169,13 @@ def _watch(
     interval: float,
     redeploy: Callable[[], None],
     done: str = "redeployed",
+    mtime: float | None = None,
 ) -> None:
-    """Until ``stop`` is set: redeploy whenever the config file changes and still loads."""
-    mtime = config.stat().st_mtime
+    """Until ``stop`` is set: redeploy whenever the config file changes and still loads.
+    ``mtime``: the file's when it was read for the running deployment (a change made
+    while it deployed is then seen); by default, now."""
+    if mtime is None:
+        mtime = config.stat().st_mtime
     while not stop.wait(interval):
         try:
             now = config.stat().st_mtime
@@ -273,6 +277,7 @@ def _run_local(
     watch_interval: float,
     echo: bool,
     banner: str,
+    loaded: float | None = None,
 ) -> None:
     """Serve with uvicorn until SIGINT or SIGTERM: in this process (one worker, with the
     models loaded here), or ``workers`` processes that each load the models and share
@@ -302,7 +307,7 @@ def _run_local(
     config = Path(args.config)
     watcher = threading.Thread(
         target=_watch,
-        args=(config, stop, watch_interval, lambda: None, "reloaded"),
+        args=(config, stop, watch_interval, lambda: None, "reloaded", loaded),
         daemon=True,
     )
     if echo and watch_interval > 0:
@@ -339,6 +344,7 @@ def run_service(
     """Serve ``args.config`` and block (Ray Serve, or the local engine with ``workers``
     uvicorn processes); redeploy or reload when the file changes; clean up on exit."""
     config = Path(args.config)
+    loaded = config.stat().st_mtime if config.exists() else None
     cfg = load_config(config)  # fail early, before starting anything
     check_exposure(cfg, host, insecure)
     if engine == "local" and address is not None:
@@ -372,6 +378,7 @@ def run_service(
                 watch_interval=watch_interval,
                 echo=echo,
                 banner=banner,
+                loaded=loaded,
             )
         finally:
             if local is not None:
@@ -388,7 +395,7 @@ def run_service(
         _deploy(args)
         if echo:
             print(_banner(cfg, host, port, url), flush=True)
-        _watch(config, stop, watch_interval, lambda: _deploy(args))
+        _watch(config, stop, watch_interval, lambda: _deploy(args), mtime=loaded)
     finally:
         _shutdown(local)
         if echo:
