@@ -78,6 +78,7 @@ _STALE = "STALE_EPOCH"
 _READ_ONLY = frozenset({"read"})
 T = TypeVar("T")
 Item = TypeVar("Item")
+Out = TypeVar("Out")
 _LogItem = tuple[LoggedDecision, dict[str, float] | None]  # the decision, expected counts
 
 
@@ -213,7 +214,7 @@ class RedisStore(Store):
         self._epochs: dict[str, int] = {}
         self._reward_batchers: dict[ExperimentSettings, Coalescer[tuple[str, float], str]] = {}
         self._log_batchers: dict[ExperimentSettings, Coalescer[_LogItem, str]] = {}
-        self._unit_batchers: dict[ExperimentSettings, Coalescer[str, str]] = {}
+        self._unit_batchers: dict[ExperimentSettings, Coalescer[str, tuple[str, float] | None]] = {}
         self._scripts: dict[str, AsyncScript] = {
             name: self.client.register_script(_script_source(name))
             for name in (
@@ -363,11 +364,11 @@ class RedisStore(Store):
 
     async def _send(
         self,
-        batchers: dict[ExperimentSettings, Coalescer[Item, str]],
+        batchers: dict[ExperimentSettings, Coalescer[Item, Out]],
         exp: ExperimentSettings,
         items: list[Item],
-        flush: Callable[[ExperimentSettings, list[Item]], Awaitable[list[str]]],
-    ) -> list[str]:
+        flush: Callable[[ExperimentSettings, list[Item]], Awaitable[list[Out]]],
+    ) -> list[Out]:
         """Through the experiment's coalescer (or straight to ``flush`` when off)."""
         if not self.coalesce:
             return await flush(exp, items)
@@ -580,16 +581,13 @@ class RedisStore(Store):
         if not units:
             return {}
         # concurrent reads are coalesced like writes: one round trip for many requests
-        packed = await self._send(self._unit_batchers, exp, list(units), self._assignments_now)
-        out = {}
-        for u, text in zip(units, packed, strict=True):
-            if text:
-                arm, _, p = text.rpartition(" ")  # arm names have no spaces
-                out[u] = (arm, float(p))
-        return out
+        found = await self._send(self._unit_batchers, exp, list(units), self._assignments_now)
+        return {u: a for u, a in zip(units, found, strict=True) if a is not None}
 
-    async def _assignments_now(self, exp: ExperimentSettings, units: list[str]) -> list[str]:
-        """One read for all ``units``: "<arm> <propensity>" each, "" when unassigned."""
+    async def _assignments_now(
+        self, exp: ExperimentSettings, units: list[str]
+    ) -> list[tuple[str, float] | None]:
+        """One read for all ``units``: (arm, propensity) each, None when unassigned."""
         k = self.keys(exp.name)
 
         async def fetch() -> list[list[Any]]:
@@ -601,7 +599,7 @@ class RedisStore(Store):
                 return list(await pipe.execute())
 
         rows = await self._call("assignments", fetch())
-        return ["" if arm is None or p is None else f"{arm} {p}" for arm, p in rows]
+        return [None if arm is None or p is None else (arm, float(p)) for arm, p in rows]
 
     async def log_shadow(self, exp: ExperimentSettings, calls: Sequence[ShadowCall]) -> None:
         if not calls:
