@@ -370,18 +370,12 @@ def run(
     """Serve the config's experiments until Ctrl-C, on Ray Serve or the local engine
     (redeploys or reloads on file change)."""
     from bandit_serve.errors import BanditServeError
-    from bandit_serve.service.runner import ENGINES, supervise
+    from bandit_serve.service.runner import check_engine, supervise
 
-    if engine not in ENGINES:
-        raise fail(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}")
-    if engine == "ray" and workers != 1:
-        raise fail("--workers is for --engine local; Ray scales with --router-replicas")
-    if engine == "local" and address is not None:
-        raise fail(
-            "--address joins a Ray cluster, and --engine local runs without Ray: "
-            "leave out one of them"
-        )
-
+    try:
+        check_engine(engine, workers, address)
+    except BanditServeError as err:
+        raise fail(str(err)) from None
     args = AppArgs(
         config=str(config),
         redis_url=redis_url,

@@ -45,6 +45,7 @@ __all__ = [
     "ENGINES",
     "LOOPBACK",
     "STOP_SECONDS",
+    "check_engine",
     "check_exposure",
     "run_service",
     "supervise",
@@ -218,6 +219,19 @@ def check_exposure(cfg: AppConfig, host: str, insecure: bool) -> None:
         )
 
 
+def check_engine(engine: str, workers: int, address: str | None) -> None:
+    """The engine options fit together (BanditServeError, one line, when not)."""
+    if engine not in ENGINES:
+        raise BanditServeError(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}")
+    if engine == "ray" and workers != 1:
+        raise BanditServeError("--workers is for --engine local; Ray scales with --router-replicas")
+    if engine == "local" and address is not None:
+        raise BanditServeError(
+            "--address joins a Ray cluster, and --engine local runs without Ray: "
+            "leave out one of them"
+        )
+
+
 def _banner(cfg: AppConfig, host: str, port: int, url: str, engine: str = "") -> str:
     names = ", ".join(e.name for e in cfg.experiments)
     auth = "auth on" if cfg.auth is not None else "no auth (open API)"
@@ -347,11 +361,7 @@ def run_service(
     loaded = config.stat().st_mtime if config.exists() else None
     cfg = load_config(config)  # fail early, before starting anything
     check_exposure(cfg, host, insecure)
-    if engine == "local" and address is not None:
-        raise BanditServeError(
-            "--address joins a Ray cluster, and --engine local runs without Ray: "
-            "leave out one of them"
-        )
+    check_engine(engine, workers, address)
     problem = _port_free(host, port)
     if problem is not None:
         raise BanditServeError(problem)
