@@ -23,6 +23,7 @@ from bandit_serve.config.experiment import (
     RewardSpec,
 )
 from bandit_serve.config.loading import (
+    ConfigWatch,
     discriminator_tags,
     format_validation_error,
     load_config,
@@ -71,6 +72,7 @@ __all__ = [
     "CallableModel",
     "CanaryConfig",
     "CanaryStep",
+    "ConfigWatch",
     "EpsilonGreedyConfig",
     "ExperimentConfig",
     "FixedConfig",

@@ -24,6 +24,7 @@ from bandit_serve.config.rollout import ShadowArmConfig
 from bandit_serve.errors import ConfigError
 
 __all__ = [
+    "ConfigWatch",
     "discriminator_tags",
     "format_validation_error",
     "load_config",
@@ -168,3 +169,38 @@ def load_config(path: str | Path) -> AppConfig:
             update["shadow"] = exp.shadow.model_copy(update={"arms": resolved(exp.shadow.arms)})
         experiments.append(exp.model_copy(update=update))
     return cfg.model_copy(update={"experiments": experiments})
+
+
+class ConfigWatch:
+    """A config file's changes, for the engines that reload it while they serve.
+
+    :meth:`open` reads the file and remembers its modification time *before* reading, so
+    a change written while the caller starts up is seen by the first :meth:`poll`.
+    """
+
+    def __init__(self, path: str | Path, mtime: float | None) -> None:
+        self.path = Path(path)
+        self.mtime = mtime
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple[ConfigWatch, AppConfig]:
+        """The watch and the config as read now (ConfigError when it does not load)."""
+        watch = cls(path, _mtime(Path(path)))
+        return watch, load_config(path)
+
+    def poll(self) -> AppConfig | None:
+        """The new config when the file changed since it was last read; None when it did
+        not (or cannot be read now). A change that does not load raises ConfigError, once:
+        the next poll waits for the next change."""
+        now = _mtime(self.path)
+        if now is None or now == self.mtime:
+            return None
+        self.mtime = now
+        return load_config(self.path)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None

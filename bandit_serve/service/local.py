@@ -28,7 +28,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bandit_serve.config import AppConfig, load_config
+from bandit_serve.config import AppConfig, ConfigWatch
 from bandit_serve.config.experiment import ArmConfig
 from bandit_serve.config.models import DeploymentModel
 from bandit_serve.config.rollout import ShadowArmConfig
@@ -209,8 +209,7 @@ def create_local_app(
     from bandit_serve.store import RedisStore
 
     config = Path(args.config)
-    loaded = _mtime(config)  # before reading it: a change made while we start is seen
-    cfg = load_config(config)
+    changes, cfg = ConfigWatch.open(config)
     store = RedisStore.from_url(resolve_redis_url(args.redis_url, cfg))
     local = models if models is not None else LocalModels(cfg)
     service = BanditService(cfg, store, local, model_timeout=args.model_timeout_s)
@@ -218,15 +217,12 @@ def create_local_app(
 
     async def watch() -> None:
         """Reload the config file in place when it changes and still loads."""
-        mtime = loaded
         while True:
             await asyncio.sleep(watch_interval)
-            now = _mtime(config)
-            if now is None or now == mtime:
-                continue
-            mtime = now
             try:
-                new = load_config(config)
+                new = changes.poll()
+                if new is None:
+                    continue
                 local.reconfigure(new)
             except ConfigError as err:
                 log.warning(
@@ -256,13 +252,6 @@ def create_local_app(
 
     api = create_api(lambda: service)
     return _Lifespan(ReplicaHeader(api), startup, shutdown)
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
 
 
 def app_from_env() -> ASGIApp:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bandit_serve.config import AppConfig, load_config
+from bandit_serve.config import AppConfig, ConfigWatch
 from bandit_serve.errors import BanditServeError, ConfigError
 from bandit_serve.service.options import AppArgs, resolve_redis_url
 from bandit_serve.service.redis_local import LocalRedis, ensure_redis
@@ -170,23 +170,17 @@ def _watch(
     interval: float,
     redeploy: Callable[[], None],
     done: str = "redeployed",
-    mtime: float | None = None,
+    watch: ConfigWatch | None = None,
 ) -> None:
     """Until ``stop`` is set: redeploy whenever the config file changes and still loads.
-    ``mtime``: the file's when it was read for the running deployment (a change made
-    while it deployed is then seen); by default, now."""
-    if mtime is None:
-        mtime = config.stat().st_mtime
+    ``watch``: the one the running deployment's config was read through (a change made
+    while it deployed is then seen); by default, one from now."""
+    if watch is None:
+        watch = ConfigWatch(config, config.stat().st_mtime)
     while not stop.wait(interval):
         try:
-            now = config.stat().st_mtime
-        except OSError:
-            continue
-        if now == mtime:
-            continue
-        mtime = now
-        try:
-            load_config(config)
+            if watch.poll() is None:
+                continue
         except ConfigError as err:
             print(f"config changed but is invalid; keeping the running one:\n{err}", flush=True)
             continue
@@ -291,7 +285,7 @@ def _run_local(
     watch_interval: float,
     echo: bool,
     banner: str,
-    loaded: float | None = None,
+    watch: ConfigWatch | None = None,
 ) -> None:
     """Serve with uvicorn until SIGINT or SIGTERM: in this process (one worker, with the
     models loaded here), or ``workers`` processes that each load the models and share
@@ -321,7 +315,7 @@ def _run_local(
     config = Path(args.config)
     watcher = threading.Thread(
         target=_watch,
-        args=(config, stop, watch_interval, lambda: None, "reloaded", loaded),
+        args=(config, stop, watch_interval, lambda: None, "reloaded", watch),
         daemon=True,
     )
     if echo and watch_interval > 0:
@@ -358,8 +352,7 @@ def run_service(
     """Serve ``args.config`` and block (Ray Serve, or the local engine with ``workers``
     uvicorn processes); redeploy or reload when the file changes; clean up on exit."""
     config = Path(args.config)
-    loaded = config.stat().st_mtime if config.exists() else None
-    cfg = load_config(config)  # fail early, before starting anything
+    watch, cfg = ConfigWatch.open(config)  # fail early, before starting anything
     check_exposure(cfg, host, insecure)
     check_engine(engine, workers, address)
     problem = _port_free(host, port)
@@ -388,7 +381,7 @@ def run_service(
                 watch_interval=watch_interval,
                 echo=echo,
                 banner=banner,
-                loaded=loaded,
+                watch=watch,
             )
         finally:
             if local is not None:
@@ -405,7 +398,7 @@ def run_service(
         _deploy(args)
         if echo:
             print(_banner(cfg, host, port, url), flush=True)
-        _watch(config, stop, watch_interval, lambda: _deploy(args), mtime=loaded)
+        _watch(config, stop, watch_interval, lambda: _deploy(args), watch=watch)
     finally:
         _shutdown(local)
         if echo:
