@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -198,3 +199,21 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def start_run(
+    config: Path, *extra: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``bandit-serve run CONFIG EXTRA...`` as systemd would start it: the leader of a
+    session of its own, stdout and stderr together in one text pipe; the tests' fixtures
+    importable (``PYTHONPATH``) in it and in every process it starts."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(
+        [sys.executable, "-m", "bandit_serve.cli", "run", str(config), *extra],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )

@@ -21,7 +21,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ import pytest
 import yaml
 
 from bandit_serve.config import key_digest
-from tests.conftest import delete_experiment_keys, free_port, serve_in_thread
+from tests.conftest import delete_experiment_keys, free_port, serve_in_thread, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ["inprocess", "local"]
@@ -209,15 +208,8 @@ def engine(
         extra = ["--engine", "local", "--workers", "2"] if kind == "local" else []
         if kind == "ray":
             extra = ["--router-replicas", "1"]
-        command = [sys.executable, "-m", "bandit_serve.cli", "run", str(path)]
-        proc = subprocess.Popen(
-            [*command, "--port", str(port), "--redis-url", redis_url, *extra],
-            cwd=path.parent,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
+        proc = start_run(
+            path, "--port", str(port), "--redis-url", redis_url, *extra, cwd=path.parent
         )
         base = f"http://127.0.0.1:{port}"
         try:

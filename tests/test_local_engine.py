@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import free_port
+from tests.conftest import free_port, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,28 +70,17 @@ def test_run_local_serves_reloads_and_sigterm_stops_everything(tmp_path: Path) -
     config.write_text(ONE)
     http_port, redis_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bandit_serve.cli",
-            "run",
-            str(config),
-            "--engine",
-            "local",
-            "--workers",
-            "2",
-            "--port",
-            str(http_port),
-            "--redis-url",
-            redis_url,
-        ],
+    proc = start_run(
+        config,
+        "--engine",
+        "local",
+        "--workers",
+        "2",
+        "--port",
+        str(http_port),
+        "--redis-url",
+        redis_url,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
     base = f"http://127.0.0.1:{http_port}"
     started: list[psutil.Process] = []

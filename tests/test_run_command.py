@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import free_port
+from tests.conftest import free_port, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,27 +52,17 @@ def _start(
     config.write_text(config_text)
     http_port, redis_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bandit_serve.cli",
-            "run",
-            str(config),
-            "--port",
-            str(http_port),
-            "--redis-url",
-            redis_url,
-            "--router-replicas",
-            "1",
-            *extra,
-        ],
+    proc = start_run(
+        config,
+        "--port",
+        str(http_port),
+        "--redis-url",
+        redis_url,
+        "--router-replicas",
+        "1",
+        *extra,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        env=env,
     )
     return proc, http_port, redis_url
 
