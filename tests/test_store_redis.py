@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from typing import Any, cast
 
 import pytest
 import redis
 from redis.crc import key_slot
 
 from bandit_serve.errors import StoreError
-from bandit_serve.store import ExperimentSettings, RedisStore, RewardOutcome, reward_units
+from bandit_serve.store import (
+    AuditEvent,
+    Control,
+    ExperimentSettings,
+    RedisStore,
+    RewardOutcome,
+    ShadowCall,
+    reward_units,
+)
 from tests.conftest import ManualClock, RedisServer
 
 
@@ -113,6 +122,48 @@ async def test_scripts_reload_after_script_flush(redis_store: RedisStore, exp_na
     (a,) = await redis_store.record_decisions(exp, ["a"], [1.0])
     await redis_store.client.script_flush()
     assert await redis_store.apply_reward(exp, a.event_id, 1.0) is RewardOutcome.APPLIED
+
+
+async def test_every_script_re_sent_after_its_answer_was_lost_counts_once(
+    redis_store: RedisStore, exp_name: str, clock: ManualClock
+) -> None:
+    """A retry after a timeout may run a script a second time whose first run happened
+    (only its answer was lost): here every script runs twice and answers the second run."""
+    for name, script in list(redis_store._scripts.items()):
+
+        async def twice(keys: list[str], args: list[Any], script: Any = script) -> Any:
+            await script(keys, args)
+            return await script(keys, args)
+
+        redis_store._scripts[name] = cast(Any, twice)
+    exp = ExperimentSettings(exp_name, wait_seconds=600)
+    recs = await redis_store.record_decisions(exp, ["a", "b", "a", "b"], [0.5] * 4)
+    # the client sees its own post answered duplicate: it was applied once
+    assert await redis_store.apply_rewards(exp, [(recs[0].event_id, 0.25)]) == [
+        RewardOutcome.DUPLICATE
+    ]
+    # the re-send answers 0 (the first run withdrew it)
+    assert await redis_store.withdraw_decisions(exp, [recs[1].event_id]) == 0
+    calls = [ShadowCall("v3", False, 40, True, 0.0), ShadowCall("v3", True, 90)]
+    await redis_store.log_shadow(exp, calls)
+    snap = await redis_store.snapshot(exp_name)
+    assert (snap["a"].pulls, snap["a"].rewards, snap["a"].pending) == (2, 1, 1)
+    assert snap["a"].reward_units == reward_units(0.25)
+    assert (snap["b"].pulls, snap["b"].withdrawn, snap["b"].pending) == (2, 1, 1)
+    assert (snap["shadow/v3"].calls, snap["shadow/v3"].errors) == (2, 1)
+    bucket = f"{exp_name}-quota"  # burst 2, no refill while the clock stands still
+    assert await redis_store.take_token(bucket, 0.1, 2) is None
+    assert await redis_store.take_token(bucket, 0.1, 2) is None
+    assert await redis_store.take_token(bucket, 0.1, 2) == pytest.approx(10.0)
+    clock.advance(601)
+    await redis_store.settle_expired(exp)
+    snap = await redis_store.snapshot(exp_name)
+    assert (snap["a"].defaulted, snap["b"].defaulted, snap["a"].pending) == (1, 1, 0)
+    # a compare-and-set: the re-send finds the version moved and the store answers None
+    pause = AuditEvent("pause", "test")
+    assert await redis_store.transition(exp, 0, Control({"state": "paused"}), [pause]) is None
+    assert [e.kind for e in await redis_store.events(exp_name)] == ["pause"]
+    assert (await redis_store.read(exp_name)).control.fields["state"] == "paused"
 
 
 async def test_every_key_carries_the_experiment_hash_tag(

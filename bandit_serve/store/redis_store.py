@@ -9,6 +9,11 @@ Keys of experiment ``E`` (the ``{E}`` hash tag keeps them on one Redis Cluster s
     bandit:{E}:e<n>:ev:<id>        hash    one decision: arm, propensity, time, deadline, state
     bandit:{E}:e<n>:due            zset    "<id>:<arm>" scored by deadline (ms) until settled
     bandit:{E}:e<n>:since          hash    "<restored arm>/<arm>:<stat>": totals at a restore
+    bandit:{E}:e<n>:u:<unit>       hash    a unit's sticky assignment: arm, propensity
+    bandit:{E}:e<n>:sh:<token>     hash    a shadow batch counted (expires after 60 s)
+    bandit:quota:{key:<k>}         hash    API key k's token bucket (expires when full)
+    bandit:quota:{key:<k>}:r:<t>   hash    request t spent a token (expires after 60 s)
+    bandit:{signing}               hash    event-id signing keys shared by every replica
 
 Every data script names the epoch it means and refuses another (``STALE_EPOCH``): the
 store then learns the current epoch and sends the call again.
@@ -24,6 +29,9 @@ and whose answer was lost; each script is safe to run twice:
   first post: it was applied once);
 - ``settle``: only members still in the due set are settled; ``withdraw``: only pending
   decisions; ``read``: reads;
+- ``shadow`` and ``quota``: each call names a mark key of its own (a random token, kept
+  60 s: far longer than a call's retries take); the first run sets it, a re-send finds it
+  and counts nothing, spends nothing;
 - ``transition``: a compare-and-set on the version; the second run finds the version
   moved and answers "changed by someone else", so the store returns None and the caller
   reads and decides again (an action whose effect is already there decides "no change";
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -605,6 +614,7 @@ class RedisStore(Store):
         if not calls:
             return
         now = self.clock()
+        mark = secrets.token_hex(8)  # a re-send of this batch finds it and counts nothing
 
         def make(k: ExperimentKeys) -> tuple[list[str], list[Any]]:
             bucket, bucket_expire = self._bucket(k, exp, now)
@@ -617,14 +627,15 @@ class RedisStore(Store):
                     "" if c.equal is None else int(c.equal),
                     "" if c.abs_diff is None else repr(float(c.abs_diff)),
                 ]
-            return [k.ctl, k.totals, bucket], args
+            return [k.ctl, k.totals, bucket, f"{k.prefix}:sh:{mark}"], args
 
         await self._script("shadow", exp.name, make)
 
     async def take_token(self, bucket: str, rate: float, burst: int) -> float | None:
         key = f"bandit:quota:{{{bucket}}}"
+        mark = f"{key}:r:{secrets.token_hex(8)}"  # a re-send of this request spends nothing
         wait = await self._call(
-            "quota", self._scripts["quota"]([key], [_ms(self.clock()), repr(rate), burst])
+            "quota", self._scripts["quota"]([key, mark], [_ms(self.clock()), repr(rate), burst])
         )
         return None if int(wait) == 0 else int(wait) / 1000
 
