@@ -51,3 +51,32 @@ def test_pause_and_resume_keep_the_canarys_clock() -> None:
     resumed = actions.resume(paused, actor="ops").control
     assert resumed.get(actions.PAUSED_AT) is None
     assert float(resumed.get("canary:paused") or "nan") >= 0.0
+
+
+def test_rolling_back_a_promoted_arm_keeps_earlier_rollbacks() -> None:
+    """Undoing a promotion gives traffic back to the arms it retired, never to an arm
+    that was rolled back before it (a crashing version stays out)."""
+    ctl = actions.rollback(Control(), "c", arms=ARMS, baseline="a", actor="guardrail").control
+    ctl = actions.promote(ctl, "b", arms=ARMS, actor="ops").control
+    assert [ctl.status(x) for x in ARMS] == [
+        ArmStatus.RETIRED,
+        ArmStatus.PROMOTED,
+        ArmStatus.ROLLED_BACK,
+    ]
+    t = actions.rollback(ctl, "b", arms=ARMS, baseline="a", actor="guardrail")
+    assert t.control.state is ExperimentState.RUNNING
+    assert [t.control.status(x) for x in ARMS] == [
+        ArmStatus.ACTIVE,
+        ArmStatus.ROLLED_BACK,
+        ArmStatus.ROLLED_BACK,
+    ]
+    assert [e.kind for e in t.events] == ["rollback"]
+
+
+def test_a_promotion_ends_a_pause() -> None:
+    paused = actions.pause(Control(), actor="ops").control
+    promoted = actions.promote(paused, "b", arms=ARMS, actor="ops").control
+    assert promoted.state is ExperimentState.PROMOTED
+    assert promoted.get(actions.PAUSED_AT) is None
+    undone = actions.rollback(promoted, "b", arms=ARMS, baseline="a", actor="ops").control
+    assert undone.state is ExperimentState.RUNNING and undone.get(actions.PAUSED_AT) is None

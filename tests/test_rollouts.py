@@ -159,6 +159,85 @@ async def test_pause_stops_the_schedules_clock(store: Store, exp_name: str) -> N
     assert (await r.describe())["canary"]["step"] == 2
 
 
+async def climb(r: ExperimentRouter, phase: str) -> None:
+    for _ in range(40):
+        await drive(r, 50)
+        await r.check_guardrails()
+        if (await r.describe())["canary"]["phase"] == phase:
+            return
+    raise AssertionError(f"the canary never reached {phase}")
+
+
+def swap_candidate(
+    svc: BanditService, candidate: str, baseline: str, arms: dict[str, str]
+) -> ExperimentRouter:
+    """A config reload with a new candidate (and baseline, and arms)."""
+    raw = svc.cfg.model_dump()
+    exp = raw["experiments"][0]
+    exp["arms"] = [{"name": a, "model": f"tests.fixtures.models:{m}"} for a, m in arms.items()]
+    exp["baseline"] = baseline
+    exp["policy"]["candidate"] = candidate
+    cfg = AppConfig.model_validate(raw)
+    assert isinstance(svc.caller, LocalModels)
+    svc.caller.reconfigure(cfg)
+    svc.reconfigure(cfg)
+    return svc.router(exp["name"])
+
+
+async def test_a_new_candidate_starts_the_schedule_again(store: Store, exp_name: str) -> None:
+    """A config change that makes another arm the candidate (a shadow arm, say) starts
+    it at the first step: it never inherits the previous candidate's step or its
+    'awaiting promotion'."""
+    svc, r = service(canary(exp_name, promote="manual"), store)
+    await r.check_guardrails()
+    await climb(r, "awaiting_promotion")
+    r = swap_candidate(svc, "v3", "v1", {"v1": "echo_a", "v3": "echo_b"})
+    view = (await r.describe())["canary"]  # before the schedule starts: the first weight
+    assert (view["step"], view["weight"], view["phase"], view["calls"]) == (1, 0.1, "running", 0)
+    await r.check_guardrails()
+    assert (await r.describe())["canary"]["step"] == 1
+    served = await drive(r, 200)
+    assert served["v3"] < 50  # about 10%, not the old step's 60%
+    started = [e for e in await store.events(exp_name) if e.kind == "step"][-1]
+    assert (started.arm, started.details["step"]) == ("v3", 1)
+    assert "replacing v2" in started.reason
+
+
+async def test_after_a_promotion_a_new_candidate_gets_its_own_canary(
+    store: Store, exp_name: str
+) -> None:
+    svc, r = service(canary(exp_name), store)
+    await r.check_guardrails()
+    await climb(r, "promoted")
+    # the promoted version becomes the baseline, the next one the candidate
+    r = swap_candidate(svc, "v3", "v2", {"v2": "echo_b", "v3": "echo_a"})
+    await r.check_guardrails()
+    view = (await r.describe())["canary"]
+    assert (view["step"], view["phase"]) == (1, "running")
+    ctl = await store.control(exp_name)
+    assert ctl.state is ExperimentState.RUNNING
+    assert (ctl.status("v2"), ctl.status("v3")) == (ArmStatus.ACTIVE, ArmStatus.ACTIVE)
+    served = await drive(r, 200)
+    assert 0 < served["v3"] < 50 and served["v2"] > 150
+
+
+async def test_a_reset_restarts_the_steps_count(store: Store, exp_name: str) -> None:
+    _, r = service(canary(exp_name), store)
+    await r.check_guardrails()
+    await drive(r, 800)  # the rules judge from 50 calls to each arm, then a step
+    await r.check_guardrails()
+    step = (await r.describe())["canary"]["step"]
+    assert step >= 2
+    assert await r.reset("ops")
+    view = (await r.describe())["canary"]
+    assert (view["step"], view["calls"]) == (step, 0)
+    await drive(r, 200)
+    described = await r.describe()
+    (calls,) = [a["calls"] for a in described["arms"] if a["name"] == "v2"]  # since the reset
+    assert described["canary"]["calls"] == calls > 0
+    await climb(r, "promoted")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -123,8 +123,9 @@ def rollback(
     if status is ArmStatus.RETIRED:
         raise ActionRefused(f"arm {arm!r} is retired (another arm was promoted)")
     changes: dict[str, str | None] = {f"status:{arm}": ArmStatus.ROLLED_BACK.value}
-    if status is ArmStatus.PROMOTED:  # undo the promotion: the others route again
-        changes.update({f"status:{a}": None for a in arms if a != arm})
+    if status is ArmStatus.PROMOTED:  # undo the promotion: the retired arms route again
+        retired = [a for a in arms if ctl.status(a) is ArmStatus.RETIRED]
+        changes.update({f"status:{a}": None for a in retired})
         changes["state"] = ExperimentState.RUNNING.value
     changes.update(_count_violation(ctl, arm, rule))
     event = _event(
@@ -169,6 +170,7 @@ def promote(
     }
     changes[f"status:{arm}"] = ArmStatus.PROMOTED.value
     changes["state"] = ExperimentState.PROMOTED.value
+    changes[PAUSED_AT] = None  # a promotion ends a pause
     event = _event("promote", arm, actor, reason or f"{arm} promoted: all traffic")
     return Transition(ctl.with_items(changes), (event,))
 
@@ -202,8 +204,9 @@ def resume(ctl: Control, *, actor: str, reason: str = "") -> Transition:
 
 
 def reset(ctl: Control, *, actor: str, reason: str = "", token: str | None = None) -> Transition:
-    """A fresh start: a new epoch. Arm statuses and the audit log survive; alerts and
-    restore marks (which refer to the old statistics) do not. ``token`` names one reset
+    """A fresh start: a new epoch. Arm statuses, a canary's step and the audit log
+    survive; alerts and restore marks (which refer to the old statistics) do not, and a
+    canary's step counts its calls and seconds again from the reset. ``token`` names one reset
     request: deciding again after a retried write (the first may have landed) sees its
     own token and changes nothing, so a retry never resets twice."""
     if token is not None and ctl.get(RESET_TOKEN) == token:
@@ -213,6 +216,9 @@ def reset(ctl: Control, *, actor: str, reason: str = "", token: str | None = Non
         **_clear_prefix(ctl, "restored:"),
         RESET_TOKEN: token,
     }
+    if "canary:step" in ctl.fields:  # the step's count restarts with the statistics
+        changes.update({"canary:since": repr(time.time()), "canary:calls": "0"})
+        changes["canary:paused"] = "0"
     event = _event(
         "reset",
         None,

@@ -10,9 +10,17 @@ promotes the candidate, ``manual`` waits for ``POST .../promote``. Every change 
 transition of the control state (:mod:`bandit_serve.safety.actions`), so it happens once
 across replicas and writes an event (``step``, ``awaiting_promotion``, ``promote``).
 
-Control fields: ``canary:step`` (1-based; absent before the start), ``canary:since``
-(when the step began), ``canary:calls`` (the candidate's calls then), ``canary:paused``
-(seconds paused in this step), ``canary:done`` (the last step passed).
+Control fields: ``canary:candidate`` (whose schedule this is), ``canary:step`` (1-based;
+absent before the start), ``canary:since`` (when the step began), ``canary:calls`` (the
+candidate's calls then), ``canary:paused`` (seconds paused in this step), ``canary:done``
+(the last step passed).
+
+The fields belong to one candidate. A config change that names another candidate (a
+shadow arm made the candidate, replacing the previous one) starts a new schedule at step
+1: until the safety plane has started it, the new candidate gets the first step's weight,
+never the old candidate's step; and an experiment whose previous canary was promoted is
+running again (its promoted arm being, by then, the baseline) so that the new one can
+start. A ``reset`` restarts the current step's count (:func:`.actions.reset`).
 """
 
 from __future__ import annotations
@@ -27,22 +35,30 @@ from bandit_serve.store import ArmStatus, AuditEvent, Control, ExperimentState
 
 __all__ = ["CanaryView", "advance", "start", "view", "weight"]
 
-STEP, SINCE, CALLS, PAUSED, DONE = (
+CANDIDATE, STEP, SINCE, CALLS, PAUSED, DONE = (
+    "canary:candidate",
     "canary:step",
     "canary:since",
     "canary:calls",
     "canary:paused",
     "canary:done",
 )
+FIELDS = (CANDIDATE, STEP, SINCE, CALLS, PAUSED, DONE)
 
 
-def _step(ctl: Control) -> int:
-    return int(ctl.get(STEP) or "0")
+def _mine(ctl: Control, cfg: CanaryConfig) -> bool:
+    """Whether the schedule's fields are ``cfg.candidate``'s (fields written before the
+    candidate was recorded are the current candidate's)."""
+    return ctl.get(CANDIDATE) in (None, cfg.candidate)
+
+
+def _step(ctl: Control, cfg: CanaryConfig) -> int:
+    return int(ctl.get(STEP) or "0") if _mine(ctl, cfg) else 0
 
 
 def weight(ctl: Control, cfg: CanaryConfig) -> float:
     """The candidate's share now (the first step's before the schedule starts)."""
-    step = max(1, _step(ctl))
+    step = max(1, _step(ctl, cfg))
     return cfg.steps[min(step, len(cfg.steps)) - 1].weight
 
 
@@ -64,7 +80,7 @@ def phase(ctl: Control, cfg: CanaryConfig) -> str:
         return "promoted"
     if ctl.state is ExperimentState.PAUSED:
         return "paused"
-    if ctl.get(DONE) == "1":
+    if ctl.get(DONE) == "1" and _mine(ctl, cfg):
         return "awaiting_promotion"
     return "running"
 
@@ -90,33 +106,53 @@ class CanaryView:
 
 
 def view(ctl: Control, cfg: CanaryConfig, candidate_calls: int) -> CanaryView:
-    since = ctl.get(SINCE)
+    mine = _mine(ctl, cfg)
+    since = ctl.get(SINCE) if mine else None
     return CanaryView(
-        step=max(1, _step(ctl)),
+        step=max(1, _step(ctl, cfg)),
         weight=weight(ctl, cfg),
         since=None if since is None else float(since),
-        calls=max(0, candidate_calls - int(ctl.get(CALLS) or "0")),
+        calls=max(0, candidate_calls - int(ctl.get(CALLS) or "0")) if mine else 0,
         phase=phase(ctl, cfg),
     )
 
 
-def _enter(ctl: Control, step: int, now: float, calls: int) -> dict[str, str | None]:
+def _enter(step: int, now: float, calls: int) -> dict[str, str | None]:
     return {STEP: str(step), SINCE: repr(now), CALLS: str(calls), PAUSED: "0"}
 
 
-def start(ctl: Control, cfg: CanaryConfig, now: float, candidate_calls: int) -> Transition:
-    """Enter step 1 (once)."""
-    if _step(ctl) > 0:
+def start(
+    ctl: Control, cfg: CanaryConfig, now: float, candidate_calls: int, *, baseline: str
+) -> Transition:
+    """Enter step 1 (once per candidate): a new candidate's schedule replaces the
+    previous one's, and ends the previous canary's promotion."""
+    if _step(ctl, cfg) > 0:
         return Transition(ctl, changed=False)
+    changes: dict[str, str | None] = {
+        **dict.fromkeys(FIELDS),
+        CANDIDATE: cfg.candidate,
+        **_enter(1, now, candidate_calls),
+    }
     w = cfg.steps[0].weight
+    reason = f"canary started: step 1 of {len(cfg.steps)}, candidate weight {w:g}"
+    previous = ctl.get(CANDIDATE)
+    if previous is not None and previous != cfg.candidate:
+        reason = f"canary of {cfg.candidate} started (replacing {previous}): step 1 of " + (
+            f"{len(cfg.steps)}, candidate weight {w:g}"
+        )
+        if ctl.state is ExperimentState.PROMOTED:  # the previous canary's promotion ends
+            changes["state"] = ExperimentState.RUNNING.value
+            for arm in (baseline, cfg.candidate):
+                if ctl.status(arm) in (ArmStatus.PROMOTED, ArmStatus.RETIRED):
+                    changes[f"status:{arm}"] = None
     event = AuditEvent(
         kind="step",
         arm=cfg.candidate,
         actor="schedule",
-        reason=f"canary started: step 1 of {len(cfg.steps)}, candidate weight {w:g}",
+        reason=reason,
         details={"step": 1, "weight": w},
     )
-    return Transition(ctl.with_items(_enter(ctl, 1, now, candidate_calls)), (event,))
+    return Transition(ctl.with_items(changes), (event,))
 
 
 def advance(
@@ -131,7 +167,7 @@ def advance(
     """The next step, the promotion, or nothing (not enough calls or time yet, a
     violation, or not running)."""
     unchanged = Transition(ctl, changed=False)
-    step = _step(ctl)
+    step = _step(ctl, cfg)
     if step == 0 or violated or phase(ctl, cfg) != "running":
         return unchanged
     current = cfg.steps[step - 1]
@@ -149,7 +185,7 @@ def advance(
             reason=f"step {step + 1} of {len(cfg.steps)}: candidate weight {w:g} ({passed})",
             details={"step": step + 1, "weight": w, "calls": calls, "seconds": elapsed},
         )
-        return Transition(ctl.with_items(_enter(ctl, step + 1, now, candidate_calls)), (event,))
+        return Transition(ctl.with_items(_enter(step + 1, now, candidate_calls)), (event,))
     if cfg.promote == "auto":
         t = actions.promote(
             ctl,

@@ -643,7 +643,7 @@ class ExperimentRouter:
         )
         violated = violated or not judged
         now = time.time()
-        await self.act(lambda ctl: canary.start(ctl, c, now, calls))
+        await self.act(lambda ctl: canary.start(ctl, c, now, calls, baseline=self.baseline))
         await self.act(
             lambda ctl: canary.advance(
                 ctl, c, arms=self.arms, now=now, candidate_calls=calls, violated=violated
