@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_serve.config import AppConfig, key_digest
+from bandit_serve.service import metrics
 from bandit_serve.service.core import BanditService, ExperimentRouter
 from bandit_serve.service.local import LocalModels
 from bandit_serve.store import RedisStore, RewardOutcome, Store
@@ -170,7 +172,63 @@ async def test_shadow_arms_are_counted_off_the_answers_path(store: Store, exp_na
     assert {a["name"] for a in view["arms"]} == {"a"}  # shadows are never chosen
     report = await r.analysis()
     assert [s.name for s in report.shadow] == ["v3", "slow"]
+    snap = await store.read(exp_name)
+    text = metrics.render([metrics.ExperimentMetrics(await r.describe(snap), snap)]).decode()
+    samples = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for family in text_string_to_metric_families(text)
+        for x in family.samples
+    }
+
+    def sample(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"experiment": exp_name, **labels}.items())))]
+
+    assert sample("bandit_shadow_calls_total", shadow="slow", outcome="ok") == 40
+    fast = [  # the slow shadow's calls took a second: none in a bucket below 0.9 s
+        v
+        for (name, labels), v in samples.items()
+        if name == "bandit_shadow_latency_seconds_bucket"
+        and ("shadow", "slow") in labels
+        and float(dict(labels)["le"]) < 0.9
+    ]
+    assert len(fast) > 5 and set(fast) == {0.0}
+    assert sample("bandit_shadow_latency_seconds_bucket", shadow="slow", le="+Inf") == 40
+    assert sample("bandit_shadow_agreement", shadow="v3") == 1.0
     delete_experiment_keys_sync(store, exp_name + "-plain")
+
+
+async def test_a_blocking_shadow_never_takes_the_served_arms_threads(
+    store: Store, exp_name: str
+) -> None:
+    """A shadow model that blocks its thread for 0.5 s on every call, every request
+    mirrored: the served (blocking) arm keeps its threads, and a router keeps at most
+    MAX_MIRRORS_IN_FLIGHT mirrored requests, skipping the rest."""
+    from bandit_serve.service.core import MAX_MIRRORS_IN_FLIGHT
+
+    cfg = experiment(
+        exp_name,
+        {"a": "echo_a"},
+        policy={"kind": "fixed"},
+        shadow={
+            "rate": 1.0,
+            "arms": [{"name": "stuck", "model": "tests.fixtures.models:blocking_slow_echo_a"}],
+        },
+    )
+    models = LocalModels(cfg)
+    r = router(cfg, store, models)
+    times = []
+    try:
+        for i in range(MAX_MIRRORS_IN_FLIGHT + 40):
+            t0 = time.perf_counter()
+            await r.predict([i])
+            times.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.005)
+        # with one pool for both, the shadow filled its threads and answers waited up to
+        # a whole shadow call (0.5 s)
+        assert max(times) < 0.25, max(times)
+        assert r._mirrors <= MAX_MIRRORS_IN_FLIGHT and r.mirrors_skipped > 0
+    finally:
+        await models.aclose()
 
 
 def delete_experiment_keys_sync(store: Store, name: str) -> None:

@@ -76,6 +76,9 @@ log = logging.getLogger("bandit_serve")
 
 TRAFFIC_WINDOW_SECONDS = 300.0  # traffic_share covers the last five minutes
 ACT_ATTEMPTS = 20  # compare-and-set retries of one action under contention
+# Mirrored requests a router keeps in flight; beyond that a request is not mirrored (a
+# slow shadow model costs the shadow calls, never the served requests' memory or time).
+MAX_MIRRORS_IN_FLIGHT = 64
 
 
 class ModelCaller(Protocol):
@@ -193,6 +196,8 @@ class ExperimentRouter:
         self.rng = np.random.default_rng(seed)
         self._refresh_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
+        self._mirrors = 0  # mirrored requests in flight
+        self.mirrors_skipped = 0  # requests not mirrored because of MAX_MIRRORS_IN_FLIGHT
         self.findings: list[Finding] = []
         self.checked_at = -math.inf
         self.configure(cfg)
@@ -475,7 +480,11 @@ class ExperimentRouter:
         if failure is not None:
             raise ModelError(self.settings.name, arm, failure)
         if self.cfg.shadow is not None and self.rng.random() < self.cfg.shadow.rate:
-            self._spawn(self._mirror(inputs, output))  # off the answer's path
+            if self._mirrors < MAX_MIRRORS_IN_FLIGHT:
+                self._mirrors += 1
+                self._spawn(self._mirror(inputs, output))  # off the answer's path
+            else:
+                self.mirrors_skipped += 1
         token = signer.sign(self.settings.name, req.event_id)
         return Prediction(token, arm, body, propensity)
 
@@ -502,6 +511,8 @@ class ExperimentRouter:
             await self.store.log_shadow(self.settings, calls)
         except Exception as err:  # a shadow must never disturb serving
             log.warning("shadow calls of %s not counted: %s", self.settings.name, err)
+        finally:
+            self._mirrors -= 1
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -4,7 +4,9 @@
 loaded in this process: the local engine's, the tests', and a Ray router replica's for
 its arms with ``placement: router``. Blocking models (scikit-learn, ONNX, plain
 functions) run in the event loop's thread pool, so one slow prediction never stalls the
-other requests of the process; async callables and HTTP endpoints are awaited.
+other requests of the process; a blocking shadow model runs in a small pool of its own
+(``SHADOW_THREADS``), so a slow shadow never holds a thread the served arms need; async
+callables and HTTP endpoints are awaited.
 
 The local engine (``bandit-serve run --engine local``) is :func:`create_local_app`: the
 same :class:`~bandit_serve.service.core.BanditService` and HTTP API as on Ray Serve,
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ log = logging.getLogger("bandit_serve")
 ARGS_ENV = "BANDIT_SERVE_LOCAL_ARGS"  # the run options, as JSON, for uvicorn's workers
 
 Hosted = ArmConfig | ShadowArmConfig
+SHADOW_THREADS = 2  # threads for blocking shadow models, apart from the served arms'
 
 
 def _everything(_: Hosted) -> bool:
@@ -81,6 +85,8 @@ class LocalModels:
     def __init__(self, cfg: AppConfig, where: Callable[[Hosted], bool] = _everything) -> None:
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self.blocking: set[tuple[str, str]] = set()
+        self.shadows: set[tuple[str, str]] = set()
+        self._shadow_pool: ThreadPoolExecutor | None = None
         self.where = where
         self._closing: set[asyncio.Task[None]] = set()
         self.reconfigure(cfg)
@@ -107,6 +113,9 @@ class LocalModels:
         dropped = [m for k, m in self.models.items() if models.get(k) is not m]
         self.models = models
         self.blocking = {k for k, m in models.items() if is_blocking(m)}
+        self.shadows = {
+            (exp.name, a.name) for exp in cfg.experiments for a in exp.hosted[len(exp.arms) :]
+        }
         for m in dropped:
             self._close_later(m)
 
@@ -124,7 +133,12 @@ class LocalModels:
         model = self.models[key]
         if key not in self.blocking:
             return await model.apredict(inputs)
-        out = await asyncio.get_running_loop().run_in_executor(None, model.predict, inputs)
+        pool = None
+        if key in self.shadows:
+            if self._shadow_pool is None:
+                self._shadow_pool = ThreadPoolExecutor(SHADOW_THREADS, "bandit-shadow")
+            pool = self._shadow_pool
+        out = await asyncio.get_running_loop().run_in_executor(pool, model.predict, inputs)
         return await out if inspect.isawaitable(out) else out
 
     async def contracts(
@@ -133,9 +147,12 @@ class LocalModels:
         return {a: self.models[(experiment, a)].contract() for a in arms}
 
     async def aclose(self) -> None:
-        """Close every model's connections."""
+        """Close every model's connections (and the shadow models' threads)."""
         await asyncio.gather(*(m.aclose() for m in self.models.values()))
         await asyncio.gather(*self._closing)
+        if self._shadow_pool is not None:
+            self._shadow_pool.shutdown(wait=False, cancel_futures=True)
+            self._shadow_pool = None
 
 
 class ReplicaHeader:

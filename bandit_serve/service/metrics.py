@@ -152,6 +152,11 @@ class _StoreView(Collector):
             "Mirrored calls to shadow arms, by outcome (ok, error).",
             labels=["experiment", "shadow", "outcome"],
         )
+        shadow_latency = HistogramMetricFamily(
+            "bandit_shadow_latency_seconds",
+            "Latency of mirrored calls to shadow arms (all replicas).",
+            labels=["experiment", "shadow"],
+        )
         shadow_agreement = GaugeMetricFamily(
             "bandit_shadow_agreement",
             "Share of a shadow arm's answers equal to the served answer.",
@@ -194,9 +199,11 @@ class _StoreView(Collector):
             for sh in e.get("shadow") or []:
                 shadow_calls.add_metric([name, sh["name"], "ok"], sh["calls"] - sh["errors"])
                 shadow_calls.add_metric([name, sh["name"], "error"], sh["errors"])
-                share = sh["agreement"]["equal_share"]
-                if share is not None:
-                    shadow_agreement.add_metric([name, sh["name"]], share)
+                t = snap.totals.get(f"shadow/{sh['name']}", ArmTotals())
+                shadow_latency.add_metric([name, sh["name"]], _latency_buckets(t), None)
+                agreed = sh["agreement"]["equal_share"]
+                if agreed is not None:
+                    shadow_agreement.add_metric([name, sh["name"]], agreed)
             for (arm, rule), n in sorted(violation_count(snap.control).items()):
                 violations.add_metric([name, arm, rule], n)
         yield from (
@@ -213,6 +220,7 @@ class _StoreView(Collector):
             state,
             violations,
             shadow_calls,
+            shadow_latency,
             shadow_agreement,
             canary_weight,
         )
