@@ -201,6 +201,31 @@ async def test_inputs_an_arm_cannot_take_are_422_before_anything_is_logged(
         delete_experiment_keys(redis_url, exp_name)
 
 
+async def test_every_active_arm_s_contract_counts_even_one_the_policy_does_not_draw(
+    redis_url: str, exp_name: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    """An active arm with no share now (UCB's one-hot draw, a weight of 0) can still
+    serve, e.g. a sticky unit kept on it: its contract is checked all the same."""
+    x = np.random.default_rng(0).normal(size=(100, 3))
+    joblib.dump(LogisticRegression().fit(x, (x[:, 0] > 0).astype(int)), tmp_path / "m.joblib")
+    cfg = app_config(exp_name, {"a": "echo_a"}, policy={"kind": "fixed"})
+    raw = cfg.model_dump()
+    raw["experiments"][0]["arms"].append(
+        {"name": "sk", "model": {"kind": "sklearn", "path": str(tmp_path / "m.joblib")}}
+    )
+    raw["experiments"][0]["policy"]["weights"] = [1, 0]
+    from bandit_serve.config import AppConfig
+
+    h = Harness(AppConfig.model_validate(raw), RedisStore.from_url(redis_url, clock=clock))
+    try:
+        r = await h.predict(exp_name, [1.0, 2.0])
+        assert r.status_code == 422 and "'sk'" in r.json()["detail"], r.text
+        assert (await h.predict(exp_name, [1.0, 2.0, 3.0])).json()["arm"] == "a"
+    finally:
+        await h.close()
+        delete_experiment_keys(redis_url, exp_name)
+
+
 @pytest.mark.parametrize("mode", ["low", "withdraw"])
 async def test_failed_calls_count_against_the_arm(
     redis_url: str, exp_name: str, clock: ManualClock, mode: str

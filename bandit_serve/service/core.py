@@ -302,8 +302,11 @@ class ExperimentRouter:
     # -- requests --------------------------------------------------------------------
 
     async def check_inputs(self, inputs: Any) -> None:
-        """Refuse inputs that an arm which could be drawn cannot take (or that break the
-        experiment's input schema): the answer never depends on which arm is drawn."""
+        """Refuse inputs that an arm which could serve the request cannot take (or that
+        break the experiment's input schema): the answer never depends on which arm is
+        drawn. That is every arm not rolled back or retired, whatever its share now (a
+        sticky unit keeps an arm the policy no longer draws), and the baseline (it serves
+        units outside a layered experiment)."""
         if self._schema is not None:
             err = next(iter(self._schema.iter_errors(inputs)), None)
             if err is not None:
@@ -314,10 +317,15 @@ class ExperimentRouter:
                 )
         if self.contracts is None:
             self.contracts = await self.caller.contracts(self.settings.name, self.arms)
-        assert self.frozen is not None
-        for arm, p in zip(self.arms, self.frozen.probabilities, strict=True):
+        assert self.snap is not None
+        ctl = self.snap.control
+        for arm in self.arms:
             contract = self.contracts.get(arm)
-            if p > 0 and contract is not None:
+            serving = arm == self.baseline or ctl.status(arm) in (
+                ArmStatus.ACTIVE,
+                ArmStatus.PROMOTED,
+            )
+            if serving and contract is not None:
                 problem = contract.problem(inputs)
                 if problem is not None:
                     raise InputRejected(f"{problem} (the contract of arm {arm!r})")
