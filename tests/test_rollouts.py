@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from bandit_serve.config import AppConfig, load_config
@@ -107,7 +108,7 @@ async def test_a_healthy_canary_steps_up_and_is_promoted(store: Store, exp_name:
 
 
 async def test_manual_promotion_waits_for_the_operator(store: Store, exp_name: str) -> None:
-    _, r = service(canary(exp_name, promote="manual"), store)
+    svc, r = service(canary(exp_name, promote="manual"), store)
     for _ in range(40):
         await r.check_guardrails()
         await drive(r, 50)
@@ -116,7 +117,14 @@ async def test_manual_promotion_waits_for_the_operator(store: Store, exp_name: s
     assert (await r.describe())["canary"]["phase"] == "awaiting_promotion"
     kinds = [e.kind for e in await store.events(exp_name) if e.actor == "schedule"]
     assert kinds == ["step", "step", "step", "awaiting_promotion"]
-    assert await r.promote("v2", "ops")  # what POST .../promote without an arm does
+    # POST .../promote with no body: a canary promotes its candidate
+    from bandit_serve.service.http import create_api
+
+    api = create_api(lambda: svc)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as c:
+        answer = await c.post(f"/v1/experiments/{exp_name}/promote")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["arms"] == {"v1": "retired", "v2": "promoted"}
     assert (await r.describe())["canary"]["phase"] == "promoted"
 
 

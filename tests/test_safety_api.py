@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI, Request
 from sklearn.linear_model import LogisticRegression
 
+from bandit_serve.errors import StoreError
 from bandit_serve.store import RedisStore
 from tests.conftest import ManualClock, delete_experiment_keys, serve_in_thread
 from tests.test_service_api import Harness, app_config
@@ -62,6 +63,27 @@ async def test_rollback_stops_traffic_and_restore_brings_it_back(h: Harness, exp
     assert events[-2]["reason"] == "looks wrong" and events[0]["kind"] == "config_changed"
     page = (await h.client.get(f"{base}/events", params={"since": events[-2]["id"]})).json()
     assert [e["kind"] for e in page["events"]] == ["restore"]
+
+
+async def test_an_action_whose_answer_was_lost_says_it_may_have_been_recorded(
+    h: Harness, exp_name: str
+) -> None:
+    """Redis took the write but the answer never came back (a timeout after sending):
+    the 503 must not claim that nothing was recorded, and the retry finds it done."""
+    base = f"/v1/experiments/{exp_name}"
+    real = h.store.transition
+
+    async def lost(*args: Any, **kwargs: Any) -> Any:
+        await real(*args, **kwargs)
+        raise StoreError("Redis failed during transition: Timeout reading from socket")
+
+    h.store.transition = lost  # type: ignore[method-assign]
+    code, body = await post(h, f"{base}/pause")
+    assert code == 503 and body["may_have_been_recorded"] is True, body
+    assert "nothing was recorded" not in body["detail"]
+    h.store.transition = real  # type: ignore[method-assign]
+    code, body = await post(h, f"{base}/pause")  # the retry: it had landed
+    assert (code, body["changed"], body["state"]) == (200, False, "paused")
 
 
 async def test_refused_actions_change_nothing(h: Harness, exp_name: str) -> None:

@@ -88,6 +88,8 @@ async def test_every_route_by_key(h: Harness, exp_name: str) -> None:
         ("POST", f"{base}/resume", None, "admin"),
         ("POST", f"{base}/arms/b/rollback", None, "admin"),
         ("POST", f"{base}/arms/b/restore", None, "admin"),
+        ("POST", f"{base}/promote", {"arm": "b"}, "admin"),
+        ("POST", f"{base}/reset?confirm={exp_name}", None, "admin"),
         ("GET", "/healthz", None, "open"),
         ("GET", "/metrics", None, "open"),
         ("GET", "/dashboard", None, "open"),
@@ -115,10 +117,19 @@ async def test_every_route_by_key(h: Harness, exp_name: str) -> None:
             assert r.headers["www-authenticate"].startswith("Bearer")
         if r.status_code in (401, 403):
             assert "key-" not in r.text  # no key material in answers
-    # the audit log names the key that acted (ops came first; the repeats changed nothing)
+    # the audit log names the key that acted (ops came first; the repeats changed nothing
+    # but a reset, which is a fresh start each time)
     events = (await call(h, "GET", f"{base}/events", "reader")).json()["events"]
     acted = [(e["kind"], e["actor"]) for e in events if e["kind"] != "config_changed"]
-    assert acted == [("pause", "ops"), ("resume", "ops"), ("rollback", "ops"), ("restore", "ops")]
+    assert acted == [
+        ("pause", "ops"),
+        ("resume", "ops"),
+        ("rollback", "ops"),
+        ("restore", "ops"),
+        ("promote", "ops"),
+        ("reset", "ops"),
+        ("reset", "everything"),
+    ]
 
 
 async def test_protected_metrics_need_read(

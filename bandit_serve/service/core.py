@@ -578,14 +578,17 @@ class ExperimentRouter:
             t = decide(snap.control)
             if not t.changed:
                 return False
-            stored = await self.store.transition(
-                self.settings,
-                snap.control.version,
-                t.control,
-                t.events,
-                mark_restore=t.mark_restore,
-                new_epoch=t.new_epoch,
-            )
+            try:
+                stored = await self.store.transition(
+                    self.settings,
+                    snap.control.version,
+                    t.control,
+                    t.events,
+                    mark_restore=t.mark_restore,
+                    new_epoch=t.new_epoch,
+                )
+            except StoreError as err:  # the write may have landed (a timeout after sending)
+                raise StoreError(str(err), maybe_written=True) from err
             if stored is not None:
                 self.refreshed_at = -math.inf  # obey at once in this replica
                 if stored and self.on_events is not None:

@@ -91,7 +91,9 @@ class ModelFailed(ErrorDetail):
 
 
 def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for every status a route can answer besides 200."""
+    """OpenAPI entries for every status a route can answer besides 200 (400, 401, 403,
+    429 and 500 on every route behind a key: a bad header, no key, a key without the
+    scope, a key over its quota, a bug)."""
     models: dict[int, type[BaseModel]] = {
         422: Invalid,
         502: ModelFailed,
@@ -114,7 +116,7 @@ def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
     return {
         c: {"model": models.get(c, Detail), "description": descriptions[c]}
-        for c in (*codes, 400, 401, 403, 500)
+        for c in sorted({*codes, 400, 401, 403, 429, 500})
     }
 
 
@@ -439,15 +441,17 @@ def create_api(
         return await _acted(router, await router.restore(arm, _actor(request), reason))
 
     @api.post("/v1/experiments/{name}/promote", responses=actions)
-    async def promote(name: str, request: Request, body: PromoteBody) -> ActionResult:
-        """All traffic to one arm; the others retire. Rewards are still accepted."""
+    async def promote(name: str, request: Request, body: PromoteBody | None = None) -> ActionResult:
+        """All traffic to one arm; the others retire. Rewards are still accepted. A
+        canary's promote may omit the arm (or the whole body): its candidate."""
         router = get_service().router(name)
-        arm = body.arm
+        arm = body.arm if body is not None else None
         if arm is None:
             if not isinstance(router.cfg.policy, CanaryConfig):
                 raise InputRejected('name the arm to promote: {"arm": "..."}')
             arm = router.cfg.policy.candidate  # a canary promotes its candidate
-        return await _acted(router, await router.promote(arm, _actor(request), body.reason))
+        reason = body.reason if body is not None else ""
+        return await _acted(router, await router.promote(arm, _actor(request), reason))
 
     @api.post("/v1/experiments/{name}/pause", responses=actions)
     async def pause(name: str, request: Request, body: ActionBody | None = None) -> ActionResult:
