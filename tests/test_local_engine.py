@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,3 +180,50 @@ def test_a_config_change_made_while_a_worker_starts_is_not_missed(
         while httpx.get(f"{base}/v1/experiments/{name}").json()["baseline"] != "b":
             assert time.monotonic() < deadline, "the change made during start-up was missed"
             time.sleep(0.1)
+
+
+def test_a_client_that_goes_away_leaves_no_decision_behind(
+    tmp_path: Path, redis_url: str, exp_name: str
+) -> None:
+    """uvicorn does not cancel a handler whose client left; the local engine watches for
+    the disconnect, so the decision is withdrawn (no default reward later) while the
+    model call still counts. An answered request keeps its decision."""
+    from bandit_serve.service.local import create_local_app
+    from bandit_serve.service.options import AppArgs
+    from tests.conftest import delete_experiment_keys, serve_in_thread
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"experiments:\n  - name: {exp_name}\n    arms:\n"
+        "      - {name: a, model: 'tests.fixtures.models:sleepy'}\n"
+        "    policy: {kind: fixed}\n    reward: {kind: bernoulli}\n"
+    )
+    app = create_local_app(AppArgs(config=str(config), redis_url=redis_url), watch_interval=0)
+    path = f"/v1/experiments/{exp_name}/predict"
+    body = b'{"inputs": [1]}'
+    try:
+        with serve_in_thread(app) as base:
+
+            def arm() -> dict[str, int]:
+                view = httpx.get(f"{base}/v1/experiments/{exp_name}").json()
+                return dict(view["arms"][0])
+
+            port = int(base.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                time.sleep(0.15)  # the model (0.5 s) is working: the client leaves
+            deadline = time.monotonic() + 10
+            while arm()["calls"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            a = arm()
+            assert (a["calls"], a["pulls"], a["withdrawn"], a["pending"]) == (1, 1, 1, 0), a
+            assert httpx.post(f"{base}{path}", json={"inputs": [1]}, timeout=5).status_code == 200
+            a = arm()
+            assert (a["calls"], a["pulls"], a["withdrawn"], a["pending"]) == (2, 2, 1, 1), a
+    finally:
+        delete_experiment_keys(redis_url, exp_name)

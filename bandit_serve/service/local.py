@@ -41,6 +41,7 @@ from bandit_serve.models.callables import CallableArm
 
 __all__ = [
     "ARGS_ENV",
+    "DisconnectWatch",
     "Hosted",
     "LocalModels",
     "ReplicaHeader",
@@ -177,6 +178,60 @@ class ReplicaHeader:
         await self.app(scope, receive, send_named)
 
 
+class DisconnectWatch:
+    """Cancel a request's handler when its client goes away before the answer (plain
+    ASGI). Ray Serve's proxy cancels the handler itself; uvicorn does not, so under the
+    local engine a predict whose client left would finish and keep a decision that no
+    client holds an id for. Cancelled, the router withdraws it (the model call still
+    finishes and is counted). Once the request's body has been read, a watcher waits on
+    ``receive`` for ``http.disconnect``; it stops when the answer has started, so a
+    disconnect after that (or uvicorn's own end of the cycle) cancels nothing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/predict"):
+            await self.app(scope, receive, send)  # only a predict logs before it answers
+            return
+        body_read = asyncio.Event()
+        answered = False
+        gone = False
+
+        async def receive_body() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def send_answer(message: Message) -> None:
+            nonlocal answered
+            answered = True
+            await send(message)
+
+        handler = asyncio.ensure_future(self.app(scope, receive_body, send_answer))
+
+        async def watch() -> None:
+            nonlocal gone
+            await body_read.wait()
+            while not answered:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    if not answered:
+                        gone = True
+                        handler.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await handler
+        except asyncio.CancelledError:
+            if not gone:  # cancelled from outside: pass it on
+                raise
+        finally:
+            watcher.cancel()
+
+
 class _Lifespan:
     """The worker's lifespan around the API: start the service's background loops and
     the config watch on startup; stop them, close the models and the store on shutdown."""
@@ -268,7 +323,7 @@ def create_local_app(
             await store.close()
 
     api = create_api(lambda: service)
-    return _Lifespan(ReplicaHeader(api), startup, shutdown)
+    return _Lifespan(ReplicaHeader(DisconnectWatch(api)), startup, shutdown)
 
 
 def app_from_env() -> ASGIApp:
