@@ -15,7 +15,7 @@ from bandit_serve.config import AppConfig
 from bandit_serve.errors import InputRejected, ModelError
 from bandit_serve.service.core import BanditService, ExperimentRouter
 from bandit_serve.service.local import LocalModels
-from bandit_serve.store import ArmStatus, MemoryStore, RedisStore, Store
+from bandit_serve.store import ArmStatus, RedisStore, Store
 from tests.conftest import ManualClock, delete_experiment_keys
 
 RULES: list[dict[str, Any]] = [
@@ -182,13 +182,15 @@ async def test_after_a_restore_an_arm_is_judged_on_what_it_does_next(
 
 
 @pytest.mark.parametrize("guarded", [False, True])
-async def test_an_arm_failing_60_percent_of_calls_loses_its_traffic(guarded: bool) -> None:
+async def test_an_arm_failing_60_percent_of_calls_loses_its_traffic(
+    redis_store: Store, exp_name: str, guarded: bool
+) -> None:
     """The case that opened the guardrails issue: Thompson sampling, min_share 0, a
     version that fails 60% of its calls and earns 0.6 when it answers (the healthy one
     earns 0.5) used to end with 93% of the traffic. Now user-visible errors over the last
     1,000 of 4,000 requests stay at most 1%, with the error-aware reward alone and with
     guardrails on top."""
-    name = "sixty"
+    name = exp_name
     g = {"rules": [{"metric": "error_rate", "max_increase": 0.02}], "min_calls": 200}
     cfg = config(
         name,
@@ -196,7 +198,7 @@ async def test_an_arm_failing_60_percent_of_calls_loses_its_traffic(guarded: boo
         policy={"kind": "thompson", "min_share": 0.0},
         guardrails=g if guarded else None,
     )
-    s = Service(cfg, MemoryStore(), seed=11)
+    s = Service(cfg, redis_store, seed=11)
     rng = np.random.default_rng(3)
     last: deque[bool] = deque(maxlen=1000)
     for i in range(4000):
