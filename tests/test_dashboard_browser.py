@@ -455,3 +455,68 @@ def test_the_page_and_its_files_are_served_with_a_policy_and_compressed(demo: De
         assert httpx.get(f"{demo.base}/dashboard/static/{bad}").status_code == 404
     schema = api(demo.base, "/openapi.json")
     assert not any(p.startswith("/dashboard") for p in schema["paths"])
+
+
+def test_a_canary_and_its_shadow_arm_are_on_the_page(redis_url: str, browser: Browser) -> None:
+    """The rollout cards: a canary's step, weight and phase, and a shadow arm's mirrored
+    calls, each equal to the API's."""
+    name = f"rollout-{uuid.uuid4().hex[:6]}"
+    model = "tests.test_dashboard_browser:model_"
+    cfg = AppConfig.model_validate(
+        {
+            "experiments": [
+                {
+                    "name": name,
+                    "arms": [
+                        {"name": "v1", "model": f"{model}v1"},
+                        {"name": "v2", "model": f"{model}v2"},
+                    ],
+                    "baseline": "v1",
+                    "policy": {
+                        "kind": "canary",
+                        "candidate": "v2",
+                        "steps": [{"weight": 0.2, "min_calls": 1000}, {"weight": 0.5}],
+                    },
+                    "reward": {"kind": "bernoulli"},
+                    "guardrails": {
+                        "rules": [{"metric": "error_rate", "max_increase": 0.05}],
+                        "check_interval_seconds": 0.5,
+                        "on_violation": "rollback",
+                    },
+                    "shadow": {"rate": 1.0, "arms": [{"name": "v3", "model": f"{model}v2"}]},
+                    "sync_interval_seconds": 0.1,
+                }
+            ]
+        }
+    )
+    store = RedisStore.from_url(redis_url)
+    service = BanditService(cfg, store, LocalModels(cfg), seed=3)
+    app = with_service_loops(service, store, create_api(lambda: service))
+    try:
+        with serve_in_thread(app) as base:
+            for _ in range(30):
+                r = httpx.post(f"{base}/v1/experiments/{name}/predict", json={"inputs": [1]})
+                assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 10
+            view = api(base, f"/v1/experiments/{name}")
+            while view["shadow"][0]["calls"] < 30 or view["canary"]["since"] is None:
+                assert time.monotonic() < deadline, view
+                time.sleep(0.2)
+                view = api(base, f"/v1/experiments/{name}")
+            with opened(browser, f"{base}/dashboard#{name}") as (page, errors):
+                expect(page.locator("#exp-name")).to_have_text(name, timeout=10_000)
+                canary = page.locator("#canary")
+                expect(canary).to_be_visible()
+                card = view["canary"]
+                for key in ("phase", "step"):
+                    value = page.locator(f'#canary-body dd[data-key="{key}"]')
+                    expect(value).to_have_text(str(card[key]))
+                assert (card["phase"], card["step"]) == ("running", 1)
+                expect(page.locator('#canary-body dd[data-key="weight"]')).to_contain_text("20")
+                row = page.locator('#shadow-table tr[data-arm="v3"]')
+                expect(row).to_have_count(1)
+                expect(row.locator('td[data-field="calls"]')).to_have_text("30")
+                expect(row.locator('td[data-field="errors"]')).to_have_text("0")
+                assert errors == []
+    finally:
+        delete_experiment_keys(redis_url, name)

@@ -1,13 +1,14 @@
 """The shipped Prometheus config and Grafana dashboard, on a real Prometheus.
 
 Debian's ``prometheus`` runs on a free loopback port with ``deployments/prometheus.yml``
-(scrape interval shortened to 1 s; the target written where that config reads targets
-from: a file in ``prometheus-targets/`` beside it), scraping the in-process service
-(BanditService over Redis, local models, uvicorn in a thread). After traffic, a failing
-arm and a guardrail alert, every query of ``deployments/grafana-dashboard.json`` must
-return data through Prometheus's HTTP API, and the decision counter summed over the last
-scrape must equal the service's own count. A missing ``prometheus`` binary fails the
-test (CI installs it: ``./dev test``).
+(scrape interval shortened to 1 s; the targets written where that config reads targets
+from: a file in ``prometheus-targets/`` beside it), scraping two replicas of the
+in-process service on one Redis (BanditService, local models, uvicorn in a thread each).
+After traffic through both, a failing arm and a guardrail alert, every query of
+``deployments/grafana-dashboard.json`` must return data through Prometheus's HTTP API,
+the decision counter (max over the copies, summed over arms) must equal the service's
+own count, each target must report every arm's whole total, and no counter may reset.
+A missing ``prometheus`` binary fails the test (CI installs it: ``./dev test``).
 """
 
 from __future__ import annotations
@@ -168,17 +169,19 @@ def experiment_config(name: str) -> AppConfig:
 
 
 @pytest.fixture
-def service_url(redis_url: str) -> Iterator[tuple[str, str]]:
-    """The in-process service with its background loops; yields its URL and experiment."""
+def replica_urls(redis_url: str) -> Iterator[tuple[list[str], str]]:
+    """Two replicas of the in-process service on one Redis (as two router replicas), each
+    with its background loops; yields their URLs and the experiment."""
     name = f"prom-{uuid.uuid4().hex[:8]}"
     cfg = experiment_config(name)
-    store = RedisStore.from_url(redis_url)
-    service = BanditService(cfg, store, LocalModels(cfg), seed=5)
+    apps = []
+    for seed in (5, 6):
+        store = RedisStore.from_url(redis_url)
+        service = BanditService(cfg, store, LocalModels(cfg), seed=seed)
+        apps.append(with_service_loops(service, store, create_api(lambda s=service: s)))
     try:
-        with serve_in_thread(
-            with_service_loops(service, store, create_api(lambda: service))
-        ) as url:
-            yield url, name
+        with serve_in_thread(apps[0]) as one, serve_in_thread(apps[1]) as two:
+            yield [one, two], name
     finally:
         delete_experiment_keys(redis_url, name)
 
@@ -223,16 +226,21 @@ def dashboard_queries(experiment: str) -> list[str]:
 
 
 def test_every_dashboard_query_returns_data_and_counts_add_up(
-    prometheus: tuple[Prometheus, Path], service_url: tuple[str, str]
+    prometheus: tuple[Prometheus, Path], replica_urls: tuple[list[str], str]
 ) -> None:
+    """Both replicas scraped (the worst case: the shipped config says to list one target,
+    the proxy): every store-backed series is the whole truth on each, so the dashboard's
+    `max` over copies counts each decision once, and no counter ever goes back."""
     prom, targets = prometheus
-    url, name = service_url
-    targets.write_text(yaml.safe_dump([{"targets": [url.removeprefix("http://")]}]))
-    prom.scraped_after(time.time())  # file_sd picked the target up and a scrape succeeded
+    urls, name = replica_urls
+    url = urls[0]
+    targets.write_text(yaml.safe_dump([{"targets": [u.removeprefix("http://") for u in urls]}]))
+    prom.scraped_after(time.time())  # file_sd picked the targets up and a scrape succeeded
 
     # traffic in three rounds, each seen by a scrape: rates and quantiles need two samples
     for _ in range(3):
-        asyncio.run(_traffic(url, name, 90))
+        for u in urls:
+            asyncio.run(_traffic(u, name, 45))
         prom.scraped_after(time.time())
 
     def violated() -> bool:
@@ -246,10 +254,20 @@ def test_every_dashboard_query_returns_data_and_counts_add_up(
     view = httpx.get(f"{url}/v1/experiments/{name}").json()
     pulls = {a["name"]: a["pulls"] for a in view["arms"]}
     assert sum(pulls.values()) == 270 and all(n > 0 for n in pulls.values())
-    (total,) = prom.query(f'sum(bandit_decisions_total{{experiment="{name}"}})')
+    by_arm = f'max by (arm) (bandit_decisions_total{{experiment="{name}"}})'
+    (total,) = prom.query(f"sum({by_arm})")
     assert float(total["value"][1]) == sum(pulls.values())
-    per_arm = prom.query(f'bandit_decisions_total{{experiment="{name}"}}')
-    assert {s["metric"]["arm"]: float(s["value"][1]) for s in per_arm} == pulls
+    per_target = prom.query(f'bandit_decisions_total{{experiment="{name}"}}')
+    assert len(per_target) == 2 * len(pulls)  # each replica reports every arm's total
+    for s in per_target:
+        assert float(s["value"][1]) == pulls[s["metric"]["arm"]], s
+    resets = prom.query(f'resets(bandit_decisions_total{{experiment="{name}"}}[5m])')
+    assert resets and all(float(s["value"][1]) == 0 for s in resets)
+    # the per-process decision latency of the predicts answered 200 (both replicas live
+    # in this test's process, so each target shows all of them): one series per target
+    latency_counts = prom.query(f'bandit_decision_latency_seconds_count{{experiment="{name}"}}')
+    answered = sum(pulls.values()) - sum(a["errors"] for a in view["arms"])
+    assert [float(s["value"][1]) for s in latency_counts] == [answered, answered]
 
     values = prom.get("/api/v1/label/experiment/values", **{"match[]": "bandit_decisions_total"})
     assert name in values  # the dashboard's $experiment variable (label_values)

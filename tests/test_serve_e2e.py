@@ -119,6 +119,18 @@ def test_predictions_come_from_the_chosen_arms_model(deployed: Deployed) -> None
         assert body["prediction"] == {"arm": body["arm"], "inputs": [i]}
 
 
+def test_the_dashboard_is_served_by_the_routers_through_serve(deployed: Deployed) -> None:
+    """The page and its charting library through Ray Serve's proxy, as on any engine (the
+    browser tests drive the page itself on the local app)."""
+    page = httpx.get(f"{deployed.base}/dashboard", timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'src="dashboard/static/plotly.min.js"' in page.text
+    lib = httpx.get(f"{deployed.base}/dashboard/static/plotly.min.js", timeout=30)
+    assert lib.status_code == 200 and b"plotly.js" in lib.content[:200]
+    script = httpx.get(f"{deployed.base}/dashboard/static/dashboard.js", timeout=30)
+    assert script.status_code == 200 and "renderCanary" in script.text
+
+
 async def test_rewards_through_both_replicas_count_once_and_traffic_moves(
     deployed: Deployed,
 ) -> None:
