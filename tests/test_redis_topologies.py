@@ -47,8 +47,24 @@ def wait_calls(node: RedisProcess) -> int:
 
 
 def replicas_online(node: RedisProcess) -> int:
+    """How many replicas ``node`` has in sync (``state=online``: past the initial sync,
+    so a WAIT hears from them; ``connected_slaves`` counts them earlier)."""
     with contextlib.closing(node.client()) as c:
-        return int(c.info("replication")["connected_slaves"])
+        info = c.info("replication")
+    return sum(
+        1
+        for k, v in info.items()
+        if k.startswith("slave") and k[5:].isdigit() and v.get("state") == "online"
+    )
+
+
+def acknowledged(node: RedisProcess, key: str) -> bool:
+    """A write of ``key`` (expiring after 1 s) on ``node`` reaches a replica within 0.1 s:
+    its replica is past the initial sync and streaming (the first WAIT after a sync can
+    otherwise time out, until the replica's first ACK, up to 1 s later)."""
+    with contextlib.closing(node.client()) as c:
+        c.set(key, "1", px=1000)
+        return int(c.wait(1, 100)) >= 1
 
 
 # -- Redis Cluster ---------------------------------------------------------------------------
@@ -151,6 +167,10 @@ async def test_replicated_durability_waits_for_a_replica_and_still_answers(
     exp = ExperimentSettings(exp_name)
     master = redis_cluster.master_of(f"bandit:{{{exp_name}}}:ctl")
     (replica,) = redis_cluster.replicas_of(master)
+    # a cluster just started may still be syncing its replicas (WAIT would time out)
+    masters = [n for n in redis_cluster.nodes if n.port in redis_cluster.master_ports()]
+    wait_until("every replica is in sync", lambda: all(replicas_online(m) for m in masters))
+    wait_until("the replica acknowledges", lambda: acknowledged(master, f"bandit:{{{exp_name}}}:s"))
     fast = await RedisStore.open(redis_cluster.url)
     safe = await RedisStore.open(f"{redis_cluster.url}?durability=replicated&wait_timeout=0.3")
     assert safe.durability == "replicated"
