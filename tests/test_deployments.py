@@ -4,27 +4,47 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
-from bandit_serve.config import load_config
+from bandit_serve.config import key_digest, load_config
+from bandit_serve.errors import ConfigError
 from bandit_serve.service.serve_app import AppArgs, build_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_serve_config_builds_with_the_typed_app_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_config_builds_with_the_typed_app_builder(tmp_path: Path) -> None:
     cfg = yaml.safe_load((ROOT / "deployments" / "serve.yaml").read_text())
     app = cfg["applications"][0]
     assert app["import_path"] == "bandit_serve.service.serve_app:build_app"
     args = AppArgs.model_validate(app["args"])
     assert (ROOT / args.config).is_file()
-    monkeypatch.chdir(ROOT)
-    built = build_app(app["args"])  # what `serve run deployments/serve.yaml` calls: a dict
-    assert type(built).__name__ == "Application"
+    # the shipped config beside a keys file, as a user makes it with `keys new`
+    shutil.copy(ROOT / args.config, tmp_path / "experiments.yaml")
+    line = {"name": "web", "sha256": key_digest("k" * 32), "scopes": ["predict:digits"]}
+    (tmp_path / "keys.yaml").write_text(yaml.safe_dump({"keys": [line]}))
+    built = build_app({**app["args"], "config": str(tmp_path / "experiments.yaml")})
+    assert type(built).__name__ == "Application"  # what `serve run deployments/serve.yaml` calls
+
+
+def test_serve_yaml_binds_beyond_this_machine_only_with_auth_on(tmp_path: Path) -> None:
+    """serve.yaml listens on 0.0.0.0, so its config has auth (the demo's experiments) and
+    fails closed, with one line naming the keys file, until that file exists."""
+    cfg = yaml.safe_load((ROOT / "deployments" / "serve.yaml").read_text())
+    assert cfg["http_options"]["host"] == "0.0.0.0"
+    path = ROOT / cfg["applications"][0]["args"]["config"]
+    raw = yaml.safe_load(path.read_text())
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    assert raw["experiments"] == demo["experiments"]
+    assert raw["auth"]["keys_file"] == "keys.yaml" and "redis_url" not in raw
+    shutil.copy(path, tmp_path / "experiments.yaml")  # no keys.yaml beside it yet
+    with pytest.raises(ConfigError, match=r"keys\.yaml: cannot read the file"):
+        load_config(tmp_path / "experiments.yaml")
 
 
 def test_prometheus_and_grafana_parse() -> None:
