@@ -238,6 +238,11 @@ BAD_FILES: list[tuple[str, str, str]] = [
         experiment(extra="    sync_interval_seconds: -1\n"),
         r"experiments\[0\]\.sync_interval_seconds: Input should be greater than 0",
     ),
+    (
+        "unknown durability",
+        experiment(extra="    durability: replica\n"),
+        r"experiments\[0\]\.durability: Input should be 'primary' or 'replicated'$",
+    ),
 ]
 
 
@@ -316,3 +321,13 @@ def test_model_shorthands_and_defaults(tmp_path: Path) -> None:
     assert exp.arms[1].model.kind == "sklearn"
     assert exp.reward.default_reward == -2.0  # a missing reward counts as the worst one
     assert exp.reward.wait_seconds == 600.0
+
+
+def test_durability_is_the_experiments_own_or_the_stores(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    for given, expected in [("replicated", "replicated"), ("primary", "primary"), (None, None)]:
+        extra = f"    durability: {given}\n" if given else ""
+        path.write_text(experiment(extra=extra))
+        exp = load_config(path).experiments[0]
+        assert exp.durability == expected
+        assert exp.store_settings().durability == expected  # None: the store's setting

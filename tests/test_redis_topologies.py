@@ -1,6 +1,7 @@
 """The store on a Redis Cluster and behind Sentinel: experiments spread over the shards,
 each on one slot; bad topologies refused in one line at start-up; replicated durability
-waits for a replica; a Sentinel failover is followed by the client."""
+(store-wide, or an experiment's own) waits for a replica; a Sentinel failover is followed
+by the client."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 from redis.crc import key_slot
 
+from bandit_serve.config.experiment import ExperimentConfig
 from bandit_serve.errors import StoreError
 from bandit_serve.store import ExperimentSettings, RedisStore, RewardOutcome
 from bandit_serve.store.connection import describe_error
@@ -24,6 +27,7 @@ from tests.redis_servers import (
     RedisProcess,
     SentinelGroup,
     free_ports,
+    running,
     wait_until,
 )
 
@@ -205,6 +209,80 @@ async def test_replicated_durability_waits_for_a_replica_and_still_answers(
         await fast.close()
         await safe.close()
         delete_experiment_keys(redis_cluster.url, exp_name)
+
+
+# -- An experiment's own durability ------------------------------------------------------------
+
+
+def configured(name: str, durability: str | None) -> ExperimentSettings:
+    """The store settings of an experiment config, ``durability:`` given or left out."""
+    raw: dict[str, object] = {
+        "name": name,
+        "arms": [{"name": "a", "model": "pkg.mod:f"}, {"name": "b", "model": "pkg.mod:g"}],
+        "policy": {"kind": "thompson"},
+        "reward": {"kind": "bernoulli"},
+    }
+    if durability is not None:
+        raw["durability"] = durability
+    return ExperimentConfig.model_validate(raw).store_settings()
+
+
+async def test_an_experiments_own_durability_overrides_the_stores(
+    tmp_path: Path, exp_name: str
+) -> None:
+    """On one store over a master without a replica, only the experiment configured
+    ``durability: replicated`` has its writes refused; once a replica is attached they
+    go through. ``durability: primary`` on a store-wide replicated store never waits."""
+    safe = configured(f"{exp_name}-safe", "replicated")
+    plain = configured(f"{exp_name}-plain", None)
+    assert (safe.durability, plain.durability) == ("replicated", None)
+    master = RedisProcess(tmp_path, name="master")
+    replica = RedisProcess(
+        tmp_path, name="replica", args=["--replicaof", "127.0.0.1", str(master.port)]
+    )
+    with running(master):
+        store = await RedisStore.open(f"{master.url}?wait_timeout=0.2")
+        wide = RedisStore.from_url(f"{master.url}?durability=replicated&wait_timeout=0.2")
+        assert (store.durability, wide.durability) == ("primary", "replicated")
+        try:
+            waits = wait_calls(master)
+            (p,) = await store.record_decisions(plain, ["a"], [1.0])
+            assert await store.apply_reward(plain, p.event_id, 1.0) is A
+            assert wait_calls(master) == waits  # the store's primary: no WAIT
+            with pytest.raises(StoreError, match=r"only 0 of 1 replicas confirmed it") as err:
+                await store.record_decisions(safe, ["a"], [1.0])
+            assert "\n" not in str(err.value)
+            # a decision logged without waiting; its reward is refused all the same
+            (s,) = await store.record_decisions(replace(safe, durability=None), ["b"], [1.0])
+            with pytest.raises(StoreError, match=r"only 0 of 1 replicas confirmed it"):
+                await store.apply_reward(safe, s.event_id, 1.0)
+            assert wait_calls(master) == waits + 2
+
+            # store-wide replicated: an experiment of its own primary answers, one without
+            # a setting of its own is refused
+            own_primary = replace(plain, durability="primary")
+            waits = wait_calls(master)
+            (q,) = await wide.record_decisions(own_primary, ["a"], [1.0])
+            assert await wide.apply_reward(own_primary, q.event_id, 0.0) is A
+            assert wait_calls(master) == waits
+            with pytest.raises(StoreError, match=r"only 0 of 1 replicas confirmed it"):
+                await wide.record_decisions(plain, ["b"], [1.0])
+
+            with running(replica):
+                wait_until("the replica acknowledges", lambda: acknowledged(master, "sync"))
+                waits = wait_calls(master)
+                (r,) = await store.record_decisions(safe, ["a"], [1.0])
+                assert await store.apply_reward(safe, r.event_id, 1.0) is A
+                # the refused reward was applied on the master after all
+                assert await store.apply_reward(safe, s.event_id, 1.0) is D
+                assert wait_calls(master) == waits + 3
+            snap = await store.snapshot(safe.name)
+            assert (snap["a"].pulls, snap["a"].rewards, snap["b"].rewards) == (2, 1, 1)
+            snap = await store.snapshot(plain.name)
+            assert (snap["a"].pulls, snap["a"].rewards, snap["b"].pulls) == (2, 2, 1)
+        finally:
+            await store.close()
+            await wide.close()
 
 
 # -- Sentinel ----------------------------------------------------------------------------------

@@ -171,6 +171,12 @@ class ExperimentConfig(Strict):
     assignment: AssignmentConfig | None = None
     layer: LayerConfig | None = None
     shadow: ShadowConfig | None = None
+    durability: Literal["primary", "replicated"] | None = Field(
+        None,
+        description="replicated: a logged decision or reward is answered only once a "
+        "Redis replica has it (503 otherwise); primary: once the master has it. Default: "
+        "the store's (the redis_url's durability=, primary unless it says replicated).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -243,6 +249,7 @@ class ExperimentConfig(Strict):
             bucket_seconds=self.buckets.seconds,
             bucket_retention_seconds=self.buckets.retention_seconds,
             sticky_seconds=self.assignment.sticky_seconds if self.assignment else 86400.0,
+            durability=self.durability,
         )
 
 

@@ -109,6 +109,10 @@ class ExperimentSettings:
     ``on_model_error``: ``low`` gives a decision whose model call failed the reward
     ``error_reward`` at once (so every policy learns from failures); ``withdraw`` takes
     it out of the reward statistics. Either way the failure counts in ``errors``.
+
+    ``durability``: this experiment's own durability on a Redis store (``primary``
+    or ``replicated``, see :class:`~bandit_serve.store.redis_store.RedisStore`); None
+    (the default) uses the store's. The memory store ignores it.
     """
 
     name: str
@@ -124,6 +128,7 @@ class ExperimentSettings:
     bucket_retention_seconds: int = 86400
     sticky_seconds: float = 86400.0
     events_max: int = 10_000  # the audit log keeps the last this many events
+    durability: Literal["primary", "replicated"] | None = None  # None: the store's
 
     def accepts(self, reward: float) -> bool:
         """True when the reward is a finite number within ``[low, high]``."""

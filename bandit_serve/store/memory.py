@@ -100,7 +100,8 @@ def _copy(t: ArmTotals) -> ArmTotals:
 
 
 class MemoryStore(Store):
-    """The reference implementation of :class:`Store` semantics, in one process."""
+    """The reference implementation of :class:`Store` semantics, in one process.
+    It has no replicas: an experiment's ``durability`` is ignored."""
 
     def __init__(self, clock: Clock | None = None) -> None:
         super().__init__(clock)

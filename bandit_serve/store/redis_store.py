@@ -203,8 +203,11 @@ class RedisStore(Store):
 
     ``durability``: ``primary`` answers once the master has run a script; ``replicated``
     answers a reward or a logged decision only once ``WAIT`` confirms a replica has it
-    (StoreError otherwise). An experiment whose settings carry a ``durability`` field
-    uses its own.
+    (StoreError otherwise). This is the store-wide default: an experiment whose
+    :attr:`ExperimentSettings.durability` is set (the experiment config's
+    ``durability:``) uses its own, either way. :meth:`verify` checks for replicas only
+    when the store-wide setting is ``replicated``; an experiment of its own
+    ``replicated`` on a master without one has its writes refused (StoreError).
     """
 
     def __init__(
@@ -340,7 +343,8 @@ class RedisStore(Store):
 
     def _durable(self, exp: ExperimentSettings) -> bool:
         """Whether writes of ``exp`` wait for a replica (its own setting, else the store's)."""
-        return (getattr(exp, "durability", None) or self.durability) == "replicated"
+        own = exp.durability
+        return (own if own is not None else self.durability) == "replicated"
 
     async def _script(
         self,
