@@ -17,7 +17,9 @@ import psutil
 import pytest
 import redis
 
+from bandit_serve.store.connection import redact
 from tests.conftest import free_port, start_run
+from tests.redis_servers import RedisProcess, running, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,3 +279,206 @@ def test_a_config_change_that_fails_to_deploy_is_one_line_and_the_watch_goes_on(
         "the model of experiment digits arm v2 did not start: boom"
     ]
     assert out.count(f"config {config} changed: redeployed") == 1
+
+
+# -- start-up errors: one line each, saying what to do --------------------------------------
+
+
+def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``bandit-serve ARGS...``: its exit code and its output (stdout and stderr)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bandit_serve.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return r.returncode, r.stdout + r.stderr
+
+
+def _run_fails(
+    tmp_path: Path, redis_url: str, env: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """``run --engine local`` with ``redis_url``, which must fail at start-up within
+    seconds: its one error line and its whole output. It must have started no
+    redis-server (no data directory)."""
+    config = tmp_path / "one.yaml"
+    config.write_text(ONE)
+    began = time.monotonic()
+    code, out = _cli(
+        tmp_path,
+        "run",
+        str(config),
+        "--engine",
+        "local",
+        "--port",
+        str(free_port()),
+        "--redis-url",
+        redis_url,
+        env=env,
+    )
+    assert time.monotonic() - began < 20
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1, out
+    assert "Traceback" not in out and "bandit-serve is up" not in out, out
+    assert not (tmp_path / "var" / "redis").exists(), "it started a redis-server"
+    return errors[0], out
+
+
+def _serves(tmp_path: Path, redis_url: str, env: dict[str, str] | None = None) -> str:
+    """``run --engine local`` with ``redis_url`` comes up, predicts, takes a reward and
+    stops on SIGTERM; its output."""
+    config = tmp_path / "one.yaml"
+    config.write_text(ONE)
+    port = free_port()
+    proc = start_run(
+        config,
+        "--engine",
+        "local",
+        "--port",
+        str(port),
+        "--redis-url",
+        redis_url,
+        cwd=tmp_path,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}/v1/experiments/one"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.post(f"{base}/predict", json={"inputs": 1}, timeout=5)
+                if r.status_code == 200:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "did not come up"
+            time.sleep(0.2)
+        reward = httpx.post(
+            f"{base}/rewards", json={"event_id": r.json()["event_id"], "reward": 1}, timeout=10
+        )
+        assert (reward.status_code, reward.json()["status"]) == (200, "applied"), reward.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert not (tmp_path / "var" / "redis").exists(), "it started a redis-server"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("form", "said"),
+    [
+        (
+            "redis+cluster://app:s3cret-pw@127.0.0.1:{p},127.0.0.1:{q}",
+            "no node of the Redis Cluster",
+        ),
+        ("rediss+cluster://app:s3cret-pw@127.0.0.1:{p}", "no node of the Redis Cluster"),
+        ("redis+sentinel://:s3cret-pw@127.0.0.1:{p},127.0.0.1:{q}/mymaster", "no Sentinel of"),
+        ("rediss://:s3cret-pw@127.0.0.1:{p}/0?retries=0", "cannot be used: Error 111"),
+    ],
+)
+def test_a_cluster_sentinel_or_tls_url_where_nothing_answers_is_one_line(
+    tmp_path: Path, form: str, said: str
+) -> None:
+    """Each URL form the store knows is parsed as the store parses it (redis-py's own
+    parser raised a ValueError for these): nothing answers, so one line, the password
+    redacted, saying what to do; no redis-server is started for them."""
+    url = form.format(p=free_port(), q=free_port())
+    line, out = _run_fails(tmp_path, url)
+    assert said in line and "s3cret-pw" not in out, out
+    assert f"{url.replace('s3cret-pw', '***')}" in line, line
+    assert line.endswith(
+        "is Redis running there? check --redis-url, REDIS_URL or the config's redis_url"
+    )
+
+
+def test_replicated_durability_on_a_server_without_replica_is_one_line(tmp_path: Path) -> None:
+    """README: with ``durability=replicated`` a master without a replica is a start-up
+    error (the store's query options gave a TypeError traceback before)."""
+    with running(RedisProcess(tmp_path / "redis")) as server:
+        url = f"{server.url}?durability=replicated&wait_timeout=0.5&retries=1"
+        line, _ = _run_fails(tmp_path, url)
+    assert line == (
+        f"error: durability: replicated needs 1 replica(s) of every master of {url}, and "
+        f"{server.address} has 0; give every master a replica (replicaof), or drop "
+        "durability=replicated"
+    )
+
+
+def test_replicated_durability_and_the_stores_options_serve_with_a_replica(
+    tmp_path: Path,
+) -> None:
+    """A plain URL with the store's own query options, on a master with a replica:
+    `run` starts, serves, and a reward waits for the replica and is applied."""
+    master = RedisProcess(tmp_path / "redis", name="master")
+    replica = RedisProcess(
+        tmp_path / "redis", name="replica", args=["--replicaof", "127.0.0.1", str(master.port)]
+    )
+    with running(master), running(replica):
+
+        def synced() -> bool:
+            with contextlib.closing(master.client()) as c:
+                info = c.info("replication")
+                return bool(info.get("slave0", {}).get("state") == "online")
+
+        wait_until("the replica is online", synced, 15)
+        out = _serves(
+            tmp_path, f"{master.url}?durability=replicated&wait_timeout=2&retries=1&timeout=3"
+        )
+        with contextlib.closing(replica.client()) as c:
+            assert c.keys("*one*"), "the replica has none of the experiment's keys"
+    assert "bandit-serve is up" in out and "started redis-server" not in out
+
+
+def test_a_refused_password_is_one_line_redacted_and_starts_no_second_server(
+    tmp_path: Path,
+) -> None:
+    """A server that refuses the password answers: `run` says so in one line (the
+    password redacted) with what to check, and starts no redis-server on its port
+    (it said "redis-server did not come up on port ..." before)."""
+    with running(
+        RedisProcess(tmp_path / "redis", args=["--requirepass", "right-pw"], password="right-pw")
+    ) as server:
+        wrong = f"redis://:wrong-pw@{server.address}/0"
+        line, out = _run_fails(tmp_path, wrong)
+        assert line == (
+            f"error: Redis at redis://:***@{server.address}/0 cannot be used: Redis at "
+            f"{server.address} refused the credentials (invalid username-password pair or "
+            "user is disabled.); check the password (in the URL, ?password_file=, "
+            "REDIS_PASSWORD_FILE or REDIS_PASSWORD) and the user (in the URL, ?username= or "
+            "REDIS_USERNAME)"
+        ), out
+        assert "wrong-pw" not in out and "did not come up" not in out
+        # no password at all: the same advice
+        line, _ = _run_fails(tmp_path, server.url, env={"REDIS_PASSWORD": ""})
+        assert "refused the credentials (Authentication required.)" in line, line
+        assert "REDIS_PASSWORD" in line
+
+
+@pytest.mark.parametrize("source", ["password_file", "REDIS_PASSWORD"])
+def test_the_password_from_a_file_or_the_environment_is_used(tmp_path: Path, source: str) -> None:
+    """`run` found a password-protected server "not answering" when the password came
+    from ``password_file=`` or ``REDIS_PASSWORD``; now it serves with it."""
+    with running(
+        RedisProcess(tmp_path / "redis", args=["--requirepass", "right-pw"], password="right-pw")
+    ) as server:
+        if source == "password_file":
+            secret = tmp_path / "redis-password"
+            secret.write_text("right-pw\n")
+            _serves(tmp_path, f"{server.url}?password_file={secret}", env={"REDIS_PASSWORD": ""})
+        else:
+            _serves(tmp_path, server.url, env={"REDIS_PASSWORD": "right-pw"})
+        with contextlib.closing(server.client()) as c:
+            assert c.keys("*one*"), "nothing was written to the password-protected server"
+
+
+def test_a_local_url_with_credentials_and_nothing_listening_is_one_line(tmp_path: Path) -> None:
+    """A server started here would not know the URL's password: none is started."""
+    url = f"redis://app:hunter2-pw@127.0.0.1:{free_port()}/0"
+    line, out = _run_fails(tmp_path, url)
+    assert "hunter2-pw" not in out
+    assert line.startswith(
+        f"error: nothing answers at {redact(url)} (connection refused), and bandit-serve "
+        "starts a redis-server only for a local URL without credentials"
+    ), line
+    assert "check --redis-url, REDIS_URL" in line

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from bandit_serve.config import AppConfig, ConfigWatch
 from bandit_serve.errors import BanditServeError, ConfigError
 from bandit_serve.service.options import AppArgs, resolve_redis_url
-from bandit_serve.service.redis_local import LocalRedis, ensure_redis
+from bandit_serve.service.redis_local import LocalRedis, advise, ensure_redis
 from bandit_serve.store.connection import redact
 
 if TYPE_CHECKING:
@@ -62,11 +62,17 @@ log = logging.getLogger("bandit_serve")
 
 
 def _local_redis(url: str, address: str | None, data_dir: Path, echo: bool) -> LocalRedis | None:
-    """A redis-server started for ``url`` when nothing answers there (not on a cluster:
-    there Redis is the cluster's business)."""
+    """A redis-server started for ``url`` when it is a plain local URL whose port refuses
+    the connection (not with ``address``: there Redis is the cluster's business); any
+    failure is one line."""
     if address is not None:
         return None
-    local = ensure_redis(url, data_dir.resolve() / "redis")
+    try:
+        local = ensure_redis(url, data_dir.resolve() / "redis")
+    except BanditServeError:
+        raise
+    except Exception as err:  # never a traceback
+        raise BanditServeError(_redis_failure(url, err)) from None
     if local is not None and echo:
         print(f"started redis-server for {redact(url)} (data in {local.data_dir})", flush=True)
     return local
@@ -121,10 +127,22 @@ def _start_ray(address: str | None, stop: threading.Event) -> None:
 
 
 async def _verify_store(url: str) -> None:
+    """The store's start-up check: its one line, with what to do added; any other error
+    one line too, naming the (redacted) URL."""
     from bandit_serve.store import RedisStore
 
-    store = await RedisStore.open(url)
+    try:
+        store = await RedisStore.open(url)
+    except BanditServeError as err:
+        raise BanditServeError(advise(str(err))) from None
+    except Exception as err:  # redis-py's own, never a traceback
+        raise BanditServeError(_redis_failure(url, err)) from None
     await store.close()
+
+
+def _redis_failure(url: str, err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return advise(f"Redis at {redact(url)} cannot be used: {type(err).__name__}: {text}")
 
 
 def _deploy(args: AppArgs) -> None:
