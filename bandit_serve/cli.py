@@ -17,7 +17,7 @@ from bandit_serve.service.options import AppArgs
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from bandit_serve.client import AnalysisArm
+    from bandit_serve.client import AnalysisArm, ServiceUnavailable
     from bandit_serve.config import ArmConfig
 
 app = typer.Typer(
@@ -539,11 +539,13 @@ def analyze(
     """Print the statistical analysis of an experiment (GET .../analysis)."""
     import json
 
-    from bandit_serve.client import Client, ClientError
+    from bandit_serve.client import Client, ClientError, ServiceUnavailable
 
     try:
         with Client(url, api_key, timeout=30) as client:
             rep = client.analysis(name, baseline=baseline, alpha=alpha, tau=tau)
+    except ServiceUnavailable as err:
+        raise fail(_unreachable(url, err)) from None
     except ClientError as err:
         raise fail(str(err)) from None
     if as_json:
@@ -601,15 +603,26 @@ def _client(url: str, api_key: str | None) -> Any:
 def _call(url: str, api_key: str | None, what: Callable[[Any], Any]) -> Any:
     """One call through the Python client; a refusal or an unreachable service exits with
     its reason in one line."""
-    from bandit_serve.client import ApiError, ClientError
+    from bandit_serve.client import ApiError, ClientError, ServiceUnavailable
 
     try:
         with _client(url, api_key) as c:
             return what(c)
     except ApiError as err:
         raise fail(f"{err.status}: {err.detail}") from None
+    except ServiceUnavailable as err:
+        raise fail(_unreachable(url, err)) from None
     except ClientError as err:
         raise fail(f"cannot reach {url}: {err}") from None
+
+
+def _unreachable(url: str, err: ServiceUnavailable) -> str:
+    """One line for a service that gave no usable answer; when nothing answered at all,
+    what to do about it."""
+    text = f"cannot reach {url}: {err}"
+    if err.status is None:  # no HTTP answer: nothing serves there
+        text += "; is `bandit-serve run` up there? pass --url or set BANDIT_SERVE_URL"
+    return text
 
 
 def _acted(result: Any, what: str) -> None:

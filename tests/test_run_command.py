@@ -482,3 +482,30 @@ def test_a_local_url_with_credentials_and_nothing_listening_is_one_line(tmp_path
         "starts a redis-server only for a local URL without credentials"
     ), line
     assert "check --redis-url, REDIS_URL" in line
+
+
+def test_a_missing_config_file_says_check_the_path(tmp_path: Path) -> None:
+    for command in ("run", "check"):
+        code, out = _cli(tmp_path, command, "nope.yaml")
+        assert code == 2, out
+        assert out.strip() == (
+            "error: nope.yaml: cannot read the file: No such file or directory; check the "
+            f"path (looked for {tmp_path / 'nope.yaml'})"
+        ), out
+
+
+def test_commands_against_a_service_that_is_not_running_say_what_to_do(tmp_path: Path) -> None:
+    """Nothing listens at the URL: one line naming it, asking whether `bandit-serve run`
+    is up and pointing at --url / BANDIT_SERVE_URL (not only a raw ConnectError)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    hint = "; is `bandit-serve run` up there? pass --url or set BANDIT_SERVE_URL"
+    for args, env in (
+        (("analyze", "one", "--url", url), None),
+        (("analyze", "one"), {"BANDIT_SERVE_URL": url}),
+        (("arm", "rollback", "one", "a", "--url", url), None),
+    ):
+        code, out = _cli(tmp_path, *args, env=env)
+        lines = out.strip().splitlines()
+        assert code == 2 and len(lines) == 1, out
+        assert lines[0].startswith(f"error: cannot reach {url}: "), out
+        assert "ConnectError" in lines[0] and lines[0].endswith(hint), out

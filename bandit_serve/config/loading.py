@@ -118,7 +118,9 @@ def read_yaml(path: str | Path) -> Any:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"{p}: cannot read the file: {err.strerror or err}") from None
+        raise ConfigError(
+            f"{p}: cannot read the file: {err.strerror or err}{_what_to_do(p, err)}"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -126,6 +128,17 @@ def read_yaml(path: str | Path) -> Any:
         at = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"{p}: {at}invalid YAML: {problem}") from None
+
+
+def _what_to_do(p: Path, err: OSError) -> str:
+    if isinstance(err, FileNotFoundError):
+        where = "" if p.is_absolute() else f" (looked for {p.absolute()})"
+        return f"; check the path{where}"
+    if isinstance(err, IsADirectoryError):
+        return "; name a YAML file, not a directory"
+    if isinstance(err, PermissionError):
+        return "; check the file's permissions"
+    return ""
 
 
 class _KeysFile(Strict):
