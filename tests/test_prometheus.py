@@ -174,11 +174,13 @@ def replica_urls(redis_url: str) -> Iterator[tuple[list[str], str]]:
     with its background loops; yields their URLs and the experiment."""
     name = f"prom-{uuid.uuid4().hex[:8]}"
     cfg = experiment_config(name)
-    apps = []
-    for seed in (5, 6):
+
+    def replica(seed: int) -> Any:
         store = RedisStore.from_url(redis_url)
         service = BanditService(cfg, store, LocalModels(cfg), seed=seed)
-        apps.append(with_service_loops(service, store, create_api(lambda s=service: s)))
+        return with_service_loops(service, store, create_api(lambda: service))
+
+    apps = [replica(5), replica(6)]
     try:
         with serve_in_thread(apps[0]) as one, serve_in_thread(apps[1]) as two:
             yield [one, two], name
