@@ -388,7 +388,7 @@ def run(
         router_own_thread=router_own_thread,
     )
     from bandit_serve.config import load_config
-    from bandit_serve.service.runner import check_exposure
+    from bandit_serve.service.options import check_exposure
 
     try:  # the quick checks here, before a child and Ray start
         check_exposure(load_config(config), host, insecure)

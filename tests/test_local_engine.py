@@ -18,7 +18,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import free_port, start_run
+from tests.conftest import delete_experiment_keys, free_port, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -227,3 +227,47 @@ def test_a_client_that_goes_away_leaves_no_decision_behind(
             assert (a["calls"], a["pulls"], a["withdrawn"], a["pending"]) == (2, 2, 1, 1), a
     finally:
         delete_experiment_keys(redis_url, exp_name)
+
+
+def test_a_reload_that_would_open_the_api_beyond_loopback_is_refused(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Listening on 0.0.0.0 with auth on: a config change that drops the auth section is
+    refused (the running config, auth included, keeps serving); a change that keeps auth
+    is applied."""
+    from bandit_serve.config import key_digest
+
+    key = "k" * 40
+    auth = f"auth:\n  keys:\n    - {{name: ops, sha256: '{key_digest(key)}', scopes: [read]}}\n"
+    config = tmp_path / "one.yaml"
+    config.write_text(auth + ONE)
+    port = free_port()
+    proc = start_run(
+        config, "--engine", "local", "--host", "0.0.0.0", "--port", str(port),
+        "--redis-url", redis_url, cwd=tmp_path,
+    )  # fmt: skip
+    view = f"http://127.0.0.1:{port}/v1/experiments/one"
+    bearer = {"Authorization": f"Bearer {key}"}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(view, headers=bearer).is_success:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "did not come up"
+            time.sleep(0.5)
+        assert httpx.get(view).status_code == 401
+        config.write_text(ONE.replace("epsilon: 0.5}", "epsilon: 0.5}\n    baseline: b"))
+        time.sleep(3)  # three polls of the file
+        assert httpx.get(view).status_code == 401  # still the running config: auth on
+        assert httpx.get(view, headers=bearer).json()["baseline"] == "a"
+        config.write_text(auth + ONE.replace("epsilon: 0.5}", "epsilon: 0.5}\n    baseline: b"))
+        deadline = time.monotonic() + 30
+        while httpx.get(view, headers=bearer).json()["baseline"] != "b":
+            assert time.monotonic() < deadline, "a change that keeps auth was not applied"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert f"config {config} changed but did not deploy: refusing to serve without an auth" in out
+    delete_experiment_keys(redis_url, "one")

@@ -281,6 +281,42 @@ def test_a_config_change_that_fails_to_deploy_is_one_line_and_the_watch_goes_on(
     assert out.count(f"config {config} changed: redeployed") == 1
 
 
+def test_on_ray_a_change_that_would_open_the_api_beyond_loopback_is_not_deployed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The exposure rule holds at every redeploy, not only at start-up: serving on
+    0.0.0.0, a config without auth is refused in one line and never deployed."""
+    import functools
+    import threading
+
+    from bandit_serve.service.options import check_exposure
+    from bandit_serve.service.runner import _watch
+
+    config = tmp_path / "c.yaml"
+    config.write_text(Path("configs/demo.yaml").read_text())  # no auth section
+    calls: list[int] = []
+    stop = threading.Event()
+    exposure = functools.partial(check_exposure, host="0.0.0.0", insecure=False)
+    watcher = threading.Thread(
+        target=_watch,
+        args=(config, stop, 0.05, lambda: calls.append(1)),
+        kwargs={"check": exposure},
+    )
+    watcher.start()
+    time.sleep(0.5)  # the watcher reads the file's first mtime as it starts
+    try:
+        os.utime(config, (time.time() + 10,) * 2)
+        deadline = time.monotonic() + 10
+        while "did not deploy" not in (out := capsys.readouterr().out):
+            assert time.monotonic() < deadline, out
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    assert calls == []
+    assert f"config {config} changed but did not deploy: refusing to serve without an auth" in out
+
+
 # -- start-up errors: one line each, saying what to do --------------------------------------
 
 

@@ -35,7 +35,7 @@ from bandit_serve.config import AppConfig, ConfigWatch
 from bandit_serve.config.experiment import ArmConfig
 from bandit_serve.config.models import DeploymentModel
 from bandit_serve.config.rollout import ShadowArmConfig
-from bandit_serve.errors import ConfigError
+from bandit_serve.errors import BanditServeError, ConfigError
 from bandit_serve.models import InputContract, LoadedModel, LocalModel
 from bandit_serve.models.callables import CallableArm
 
@@ -269,15 +269,21 @@ class _Lifespan:
 
 
 def create_local_app(
-    args: Any, *, models: LocalModels | None = None, watch_interval: float = 1.0
+    args: Any,
+    *,
+    models: LocalModels | None = None,
+    watch_interval: float = 1.0,
+    host: str = "127.0.0.1",
+    insecure: bool = False,
 ) -> ASGIApp:
     """The local engine's ASGI app for run options ``args`` (an
     :class:`~bandit_serve.service.options.AppArgs`): the HTTP API over a
     :class:`BanditService` on Redis with every model in-process. ``models`` may hand over
-    models loaded already (they are closed with the app)."""
+    models loaded already (they are closed with the app). ``host`` and ``insecure``: where
+    it listens, for the exposure rule a reloaded config must pass too."""
     from bandit_serve.service.core import BanditService
     from bandit_serve.service.http import create_api
-    from bandit_serve.service.options import resolve_redis_url
+    from bandit_serve.service.options import check_exposure, resolve_redis_url
     from bandit_serve.store import RedisStore
 
     config = Path(args.config)
@@ -295,10 +301,11 @@ def create_local_app(
                 new = changes.poll()
                 if new is None:
                     continue
+                check_exposure(new, host, insecure)
                 local.reconfigure(new)
-            except ConfigError as err:
+            except BanditServeError as err:  # invalid, or an open API beyond loopback
                 log.warning(
-                    "config %s changed but is invalid; keeping the running one: %s", config, err
+                    "config %s changed but is refused; keeping the running one: %s", config, err
                 )
                 continue
             except Exception:
@@ -332,4 +339,9 @@ def app_from_env() -> ASGIApp:
 
     options = json.loads(os.environ[ARGS_ENV])
     args = AppArgs.model_validate(options["args"])
-    return create_local_app(args, watch_interval=options.get("watch_interval", 1.0))
+    return create_local_app(
+        args,
+        watch_interval=options.get("watch_interval", 1.0),
+        host=options.get("host", "127.0.0.1"),
+        insecure=options.get("insecure", False),
+    )

@@ -12,8 +12,11 @@ import os
 from pydantic import BaseModel, Field
 
 from bandit_serve.config import AppConfig
+from bandit_serve.errors import BanditServeError
 
-__all__ = ["DEFAULT_REDIS_URL", "AppArgs", "resolve_redis_url"]
+__all__ = ["DEFAULT_REDIS_URL", "LOOPBACK", "AppArgs", "check_exposure", "resolve_redis_url"]
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -57,3 +60,14 @@ class AppArgs(BaseModel):
 def resolve_redis_url(args_url: str | None, cfg: AppConfig) -> str:
     """The Redis URL: the argument, else REDIS_URL, else the config file, else local."""
     return args_url or os.environ.get("REDIS_URL") or cfg.redis_url or DEFAULT_REDIS_URL
+
+
+def check_exposure(cfg: AppConfig, host: str, insecure: bool) -> None:
+    """Refuse to serve an open API (no ``auth`` section) beyond this machine: at start-up
+    and at every reload of the config (a change that drops ``auth`` while the service
+    listens beyond loopback is refused, and the running config keeps serving)."""
+    if cfg.auth is None and host not in LOOPBACK and not insecure:
+        raise BanditServeError(
+            f"refusing to serve without an auth section on {host}: add API keys "
+            "(bandit-serve keys new NAME --scopes ...) or pass --insecure"
+        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bandit_serve.config import AppConfig, ConfigWatch
 from bandit_serve.errors import BanditServeError, ConfigError
-from bandit_serve.service.options import AppArgs, resolve_redis_url
+from bandit_serve.service.options import AppArgs, check_exposure, resolve_redis_url
 from bandit_serve.service.redis_local import LocalRedis, advise, ensure_redis
 from bandit_serve.store.connection import redact
 
@@ -43,17 +44,14 @@ if TYPE_CHECKING:
 __all__ = [
     "APP_NAME",
     "ENGINES",
-    "LOOPBACK",
     "STOP_SECONDS",
     "check_engine",
-    "check_exposure",
     "run_service",
     "supervise",
 ]
 
 STOP_SECONDS = 15.0  # after a stop signal, what is still alive then is killed
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 APP_NAME = "bandit-serve"
 ENGINES = ("ray", "local")
@@ -189,20 +187,24 @@ def _watch(
     redeploy: Callable[[], None],
     done: str = "redeployed",
     watch: ConfigWatch | None = None,
+    check: Callable[[AppConfig], None] = lambda _: None,
 ) -> None:
-    """Until ``stop`` is set: redeploy whenever the config file changes and still loads.
-    ``watch``: the one the running deployment's config was read through (a change made
-    while it deployed is then seen); by default, one from now."""
+    """Until ``stop`` is set: redeploy whenever the config file changes, still loads and
+    passes ``check`` (the exposure rule). ``watch``: the one the running deployment's
+    config was read through (a change made while it deployed is then seen); by default,
+    one from now."""
     if watch is None:
         watch = ConfigWatch(config, config.stat().st_mtime)
     while not stop.wait(interval):
         try:
-            if watch.poll() is None:
+            new = watch.poll()
+            if new is None:
                 continue
         except ConfigError as err:
             print(f"config changed but is invalid; keeping the running one:\n{err}", flush=True)
             continue
         try:
+            check(new)
             redeploy()
         except BanditServeError as err:  # keep serving and watching: a fixed file deploys
             print(f"config {config} changed but did not deploy: {err}", flush=True)
@@ -220,15 +222,6 @@ def _shutdown(local: LocalRedis | None) -> None:
         ray.shutdown()
         if local is not None:
             local.stop()
-
-
-def check_exposure(cfg: AppConfig, host: str, insecure: bool) -> None:
-    """Refuse to serve an open API (no ``auth`` section) beyond this machine."""
-    if cfg.auth is None and host not in LOOPBACK and not insecure:
-        raise BanditServeError(
-            f"refusing to serve without an auth section on {host}: add API keys "
-            "(bandit-serve keys new NAME --scopes ...) or pass --insecure"
-        )
 
 
 def check_engine(engine: str, workers: int, address: str | None) -> None:
@@ -303,6 +296,7 @@ def _run_local(
     watch_interval: float,
     echo: bool,
     banner: str,
+    insecure: bool = False,
     watch: ConfigWatch | None = None,
 ) -> None:
     """Serve with uvicorn until SIGINT or SIGTERM: in this process (one worker, with the
@@ -331,21 +325,29 @@ def _run_local(
             target=_announce_when_up, args=(host, port, banner, stop), daemon=True
         ).start()
     config = Path(args.config)
-    watcher = threading.Thread(
+    exposure = functools.partial(check_exposure, host=host, insecure=insecure)
+    watcher = threading.Thread(  # the workers reload by themselves; this reports it
         target=_watch,
-        args=(config, stop, watch_interval, lambda: None, "reloaded", watch),
+        args=(config, stop, watch_interval, lambda: None, "reloaded", watch, exposure),
         daemon=True,
     )
     if echo and watch_interval > 0:
         watcher.start()
     try:
         if workers == 1:
-            app = create_local_app(args, models=models, watch_interval=watch_interval)
+            app = create_local_app(
+                args, models=models, watch_interval=watch_interval, host=host, insecure=insecure
+            )
             uvicorn.run(app, **common)
         else:
             del models  # each worker loads its own
             os.environ[ARGS_ENV] = json.dumps(
-                {"args": args.model_dump(), "watch_interval": watch_interval}
+                {
+                    "args": args.model_dump(),
+                    "watch_interval": watch_interval,
+                    "host": host,
+                    "insecure": insecure,
+                }
             )
             uvicorn.run(
                 "bandit_serve.service.local:app_from_env", factory=True, workers=workers, **common
@@ -399,6 +401,7 @@ def run_service(
                 watch_interval=watch_interval,
                 echo=echo,
                 banner=banner,
+                insecure=insecure,
                 watch=watch,
             )
         finally:
@@ -416,7 +419,8 @@ def run_service(
         _deploy(args)
         if echo:
             print(_banner(cfg, host, port, url), flush=True)
-        _watch(config, stop, watch_interval, lambda: _deploy(args), watch=watch)
+        exposure = functools.partial(check_exposure, host=host, insecure=insecure)
+        _watch(config, stop, watch_interval, lambda: _deploy(args), watch=watch, check=exposure)
     finally:
         _shutdown(local)
         if echo:
