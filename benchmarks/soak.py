@@ -54,6 +54,7 @@ import aiohttp
 import psutil
 import yaml
 
+from bandit_serve.stats.histogram import NBINS
 from bandit_serve.store import ExperimentSettings, RedisStore
 from tests.ray_cluster import session_members
 from tests.redis_servers import RedisProcess, free_ports
@@ -513,7 +514,7 @@ def per_decision(service: Service) -> dict[str, float]:
             out[f"time bucket (mean of {len(buckets)}, {statistics.mean(fields):.0f} fields)"] = (
                 statistics.mean(sizes)
             )
-            # a bucket of busier traffic: an arm's counters with all 162 latency bins used
+            # a bucket of busier traffic: an arm's counters with every latency bin used
             raw = c.hgetall(buckets[0])
             counters = {
                 str(f): str(v)
@@ -522,11 +523,11 @@ def per_decision(service: Service) -> dict[str, float]:
             }
             scratch = f"bandit:{{{service.exp}}}:scratch-bucket"
             pipe = c.pipeline(transaction=False)
-            for f, v in [*counters.items(), *((f"a:h{i}", "1") for i in range(162))]:
+            for f, v in [*counters.items(), *((f"a:h{i}", "1") for i in range(NBINS))]:
                 pipe.hset(scratch, f, v)
             pipe.execute()
             size = int(c.memory_usage(scratch, samples=0) or 0)
-            out[f"time bucket per arm, all 162 latency bins ({c.hlen(scratch)} fields)"] = size
+            out[f"time bucket per arm, all {NBINS} latency bins ({c.hlen(scratch)} fields)"] = size
             c.delete(scratch)
     return out
 

@@ -177,8 +177,8 @@ BAD_FILES: list[tuple[str, str, str]] = [
     ),
     (
         "guardrail ratio finer than the histogram",
-        experiment(extra="    guardrails: {rules: [{metric: latency_p95, max_ratio: 1.05}]}\n"),
-        r"rules\[0\]: max_ratio 1\.05 is finer than the latency histogram resolves",
+        experiment(extra="    guardrails: {rules: [{metric: latency_p95, max_ratio: 1.03}]}\n"),
+        r"rules\[0\]: max_ratio 1\.03 is finer than the latency histogram resolves",
     ),
     (
         "guardrail bound that does not fit the metric",

