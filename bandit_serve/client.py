@@ -297,7 +297,8 @@ class Latency:
 
 @dataclass(frozen=True)
 class ArmSummary:
-    """One arm as ``GET /v1/experiments/{name}`` shows it."""
+    """One arm as ``GET /v1/experiments/{name}`` shows it: the fields most callers read,
+    typed, and ``raw``, the arm as sent (every counter, those added later included)."""
 
     name: str
     status: str
@@ -308,11 +309,14 @@ class ArmSummary:
     pending: int
     defaulted: int
     dropped: int
+    withdrawn: int
+    calls: int
     errors: int
     error_rate: float | None
     traffic_share: float | None
     posterior: Interval
     latency: Latency
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ArmSummary:
@@ -326,11 +330,14 @@ class ArmSummary:
             pending=int(d.get("pending", 0)),
             defaulted=int(d.get("defaulted", 0)),
             dropped=int(d.get("dropped", 0)),
+            withdrawn=int(d.get("withdrawn", 0)),
+            calls=int(d.get("calls", 0)),
             errors=int(d.get("errors", 0)),
             error_rate=_opt_float(d.get("error_rate")),
             traffic_share=_opt_float(d.get("traffic_share")),
             posterior=Interval.from_json(d.get("posterior")),
             latency=Latency.from_json(d.get("latency")),
+            raw=d,
         )
 
 

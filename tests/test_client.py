@@ -5,6 +5,7 @@ drops connections and stalls, to prove the retry rules."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,12 +15,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from bandit_serve.client import (
     MAX_REWARD_BATCH,
+    ArmSummary,
     AsyncClient,
     AuthError,
     Client,
@@ -95,6 +98,13 @@ def test_predict_reward_and_reads_against_a_live_server(server: str) -> None:
         assert exp.arm(p.arm).rewards == 1 and exp.arm(p.arm).reward_sum == 1.0
         assert sum(a.pulls for a in exp.arms) == 2
         assert exp.arm("v1").posterior.low is not None
+        # every typed field is a key the service sends (a rename breaks this), and raw
+        # carries the rest (a counter added to the service reaches the client there)
+        sent = httpx.get(f"{server}/v1/experiments/ab").json()["arms"]
+        typed = {f.name for f in dataclasses.fields(ArmSummary)} - {"raw"}
+        for arm, answer in zip(exp.arms, sent, strict=True):
+            assert typed <= set(answer), typed - set(answer)
+            assert arm.raw == answer and arm.calls == answer["calls"]
         assert [e.name for e in c.experiments()] == ["ab", "broken"]
         rep = c.analysis("ab", baseline="v2", alpha=0.1)
         assert (rep.baseline, rep.alpha, rep.test) == ("v2", 0.1, "two-proportion z-test")

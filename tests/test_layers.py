@@ -208,6 +208,24 @@ def test_service_core_imports_neither_ray_nor_scipy() -> None:
     assert not found, report("bandit_serve/service/core.py imports no ray and no scipy", found)
 
 
+def test_the_core_and_the_local_engine_load_no_ray_even_indirectly() -> None:
+    """The rules above are about direct imports; this one follows every import: loading
+    the service core, the HTTP API and the local engine in a fresh interpreter leaves Ray
+    out of ``sys.modules`` (the local engine runs where Ray is not installed)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bandit_serve.service.core, bandit_serve.service.http, "
+        "bandit_serve.service.local, bandit_serve.cli; "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout[:500]
+
+
 def test_store_does_not_import_the_config() -> None:
     found = store_rule(package_modules())
     assert not found, report("bandit_serve/store/* do not import bandit_serve.config", found)

@@ -251,3 +251,21 @@ def test_traits_agree_with_what_each_policy_does() -> None:
         assert same == (not cls.adaptive), kind
         assert cls.reward_kinds, kind
         assert cls.fit_problem(next(iter(cls.reward_kinds))) is None
+
+
+def test_the_policy_registry_and_the_config_union_name_the_same_policies() -> None:
+    """Four lists must agree: POLICIES, each class's kind, the config union's members and
+    their kind literals; and every policy documents itself with a runnable example."""
+    import typing
+
+    from bandit_serve.config.policies import PolicyConfig
+
+    union, _ = typing.get_args(PolicyConfig)
+    configs = {
+        typing.get_args(c.model_fields["kind"].annotation)[0]: c for c in typing.get_args(union)
+    }
+    assert set(configs) == set(POLICIES) == {cls.kind for cls in POLICIES.values()}
+    for kind, cfg in configs.items():
+        assert cfg.policy_class is POLICIES[kind], kind
+        doc = POLICIES[kind].__doc__ or ""
+        assert "Examples" in doc and ">>>" in doc, f"{kind}: no docstring example"

@@ -192,6 +192,18 @@ def swap_candidate(
     return svc.router(exp["name"])
 
 
+async def test_a_canarys_min_share_is_served_as_the_simulator_models_it(
+    store: Store, exp_name: str
+) -> None:
+    """One home for a canary's policy (CanaryConfig.at_weight): the router serves the
+    floor the config asks for, as the simulator does."""
+    _, r = service(canary(exp_name, min_share=0.3), store)
+    await r.check_guardrails()
+    await r.refresh()
+    assert r.frozen is not None
+    assert list(r.frozen.probabilities) == pytest.approx([0.66, 0.34])  # 0.3 + 0.4 x 0.1
+
+
 async def test_a_new_candidate_starts_the_schedule_again(store: Store, exp_name: str) -> None:
     """A config change that makes another arm the candidate (a shadow arm, say) starts
     it at the first step: it never inherits the previous candidate's step or its

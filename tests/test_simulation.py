@@ -49,6 +49,26 @@ def test_same_seed_same_results_other_seed_other_results() -> None:
         assert not np.array_equal(a.final_regret, c.final_regret)
 
 
+def test_a_canary_routes_its_named_candidate_whichever_position_it_has() -> None:
+    """The simulator builds a canary as the service does: the candidate by name (here
+    the first arm), its first step's weight, and min_share; a candidate that is not an
+    arm is refused like in the service's config."""
+    steps = [{"weight": 0.1}, {"weight": 0.5}]
+    for candidate, share_a in (("a", 0.1), ("b", 0.9)):
+        sc = scenario(policies=[{"kind": "canary", "candidate": candidate, "steps": steps}])
+        result = simulate_policy(sc, sc.policies[0], 0)
+        assert float(result.share[:, 0].mean()) == pytest.approx(share_a, abs=0.03)
+    floor = scenario(
+        policies=[{"kind": "canary", "candidate": "a", "steps": steps, "min_share": 0.3}]
+    )
+    # the floor mixes: min_share + (1 - 2 min_share) x the canary's 0.1 = 0.34
+    assert float(simulate_policy(floor, floor.policies[0], 0).share[:, 0].mean()) == (
+        pytest.approx(0.34, abs=0.03)
+    )
+    with pytest.raises(ValueError, match=r"policies\[0\]\.candidate 'zz' is not an arm"):
+        scenario(policies=[{"kind": "canary", "candidate": "zz", "steps": steps}])
+
+
 # -- an independent reference: one run at a time, plain Python -----------------------
 
 

@@ -254,3 +254,17 @@ async def test_expected_counts_and_inverse_propensity_sums(
     assert snap["b"].expected_pulls == pytest.approx(1.5)
     assert snap["a"].ipw_sum == pytest.approx(2.0 / 0.25)
     assert snap["b"].ipw_sum == pytest.approx(3.0 / 0.75)
+
+
+def test_the_field_table_and_the_totals_name_the_same_counters() -> None:
+    """ARM_FIELDS is the one table the Redis parser, the Lua prelude and the memory twin
+    loop over: a counter added to ArmTotals only would be dropped silently."""
+    import dataclasses
+
+    from bandit_serve.store.base import ARM_FIELDS, ArmTotals
+
+    declared = {f.name: f for f in dataclasses.fields(ArmTotals)}
+    assert {f.attr for f in ARM_FIELDS} == set(declared) - {"latency"}
+    assert len({f.field for f in ARM_FIELDS}) == len(ARM_FIELDS)  # one Redis name each
+    for f in ARM_FIELDS:
+        assert type(declared[f.attr].default) is f.type, f.attr

@@ -226,7 +226,7 @@ async def test_a_blocking_shadow_never_takes_the_served_arms_threads(
         # with one pool for both, the shadow filled its threads and answers waited up to
         # a whole shadow call (0.5 s)
         assert max(times) < 0.25, max(times)
-        assert r._mirrors <= MAX_MIRRORS_IN_FLIGHT and r.mirrors_skipped > 0
+        assert r.mirrors_in_flight <= MAX_MIRRORS_IN_FLIGHT and r.mirrors_skipped > 0
     finally:
         await models.aclose()
 

@@ -181,7 +181,7 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         require_unique(self.arm_names, "arm names")
-        problems = self.policy.fit_problems(self.reward.kind, len(self.arms))
+        problems = self.policy.fit_problems(self.reward.kind, self.arm_names)
         if problems:
             raise ValueError("; ".join(problems))
         if self.baseline is not None and self.baseline not in self.arm_names:
@@ -202,10 +202,7 @@ class ExperimentConfig(Strict):
         return self
 
     def _check_canary(self, c: CanaryConfig) -> None:
-        if c.candidate not in self.arm_names:
-            raise ValueError(
-                f"policy.candidate {c.candidate!r} is not an arm; arms: {', '.join(self.arm_names)}"
-            )
+        # whether the candidate is an arm: CanaryConfig.fit_problems (shared with scenarios)
         if c.candidate == self.baseline_arm:
             raise ValueError(
                 f"policy.candidate {c.candidate!r} is the baseline; name the baseline with "
@@ -231,7 +228,7 @@ class ExperimentConfig(Strict):
         return [a.name for a in self.arms]
 
     def build_policy(self) -> Policy:
-        return self.policy.build()
+        return self.policy.build(self.arm_names)
 
     def store_settings(self) -> ExperimentSettings:
         """What the store needs to know about this experiment."""

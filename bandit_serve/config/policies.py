@@ -12,6 +12,7 @@ class here (and in the union below), and its entry in ``bandit_serve.policies.PO
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -52,20 +53,26 @@ class PolicyConfigBase(Strict):
     kind: str
     min_share: MinShare = 0.0
 
-    def build(self) -> Policy:
-        """The policy object (its constructor takes this config's fields)."""
+    def build(self, arms: Sequence[str]) -> Policy:
+        """The policy object for the arms named ``arms``, in order (its constructor takes
+        this config's fields; a policy that names an arm finds its index here)."""
         return self.policy_class(**self.model_dump(exclude={"kind"}))
 
-    def fit_problems(self, reward_kind: str, arms: int, where: str = "policy") -> list[str]:
-        """Why this policy cannot route ``arms`` arms with ``reward_kind`` rewards (empty
-        when it can). ``where`` names the policy in the messages (a config field path)."""
+    def fit_problems(
+        self, reward_kind: str, arms: Sequence[str], where: str = "policy"
+    ) -> list[str]:
+        """Why this policy cannot route the arms named ``arms`` with ``reward_kind``
+        rewards (empty when it can): one check for the service's config and the
+        simulator's scenarios. ``where`` names the policy in the messages (a config
+        field path)."""
         problems = []
         why = self.policy_class.fit_problem(reward_kind)
         if why is not None:
             problems.append(f"{where}: {self.kind} {why}")
-        if self.min_share * arms > 1.0:
+        if self.min_share * len(arms) > 1.0:
             problems.append(
-                f"{where}.min_share {self.min_share} times {arms} arms exceeds 1; lower min_share"
+                f"{where}.min_share {self.min_share} times {len(arms)} arms exceeds 1; "
+                "lower min_share"
             )
         return problems
 
@@ -131,10 +138,12 @@ class FixedConfig(PolicyConfigBase):
             raise ValueError("weights must contain at least one positive weight")
         return w
 
-    def fit_problems(self, reward_kind: str, arms: int, where: str = "policy") -> list[str]:
+    def fit_problems(
+        self, reward_kind: str, arms: Sequence[str], where: str = "policy"
+    ) -> list[str]:
         problems = super().fit_problems(reward_kind, arms, where)
-        if self.weights is not None and len(self.weights) != arms:
-            problems.append(f"{where}.weights has {len(self.weights)} entries for {arms} arms")
+        if self.weights is not None and len(self.weights) != len(arms):
+            problems.append(f"{where}.weights has {len(self.weights)} entries for {len(arms)} arms")
         return problems
 
 
@@ -165,16 +174,30 @@ class CanaryConfig(PolicyConfigBase):
             raise ValueError(f"steps' weights must increase; got {', '.join(f'{x:g}' for x in w)}")
         return self
 
-    def build(self) -> Policy:
-        """The split of the first step (the router follows the schedule's current step)."""
-        return Canary(candidate=1, weight=self.steps[0].weight, min_share=self.min_share)
+    def build(self, arms: Sequence[str]) -> Policy:
+        """The split of the first step (the router follows the schedule's current step:
+        :meth:`at_weight`)."""
+        return self.at_weight(arms, self.steps[0].weight)
 
-    def fit_problems(self, reward_kind: str, arms: int, where: str = "policy") -> list[str]:
+    def at_weight(self, arms: Sequence[str], weight: float) -> Canary:
+        """The candidate (found by name among ``arms``) at ``weight``; the one place the
+        service and the simulator make a canary's policy, ``min_share`` included."""
+        return Canary(
+            candidate=list(arms).index(self.candidate), weight=weight, min_share=self.min_share
+        )
+
+    def fit_problems(
+        self, reward_kind: str, arms: Sequence[str], where: str = "policy"
+    ) -> list[str]:
         problems = super().fit_problems(reward_kind, arms, where)
-        if arms != 2:
+        if len(arms) != 2:
             problems.append(
                 f"{where}: a canary routes between the baseline and one candidate: it needs "
-                f"exactly 2 arms; got {arms} (put other versions under shadow)"
+                f"exactly 2 arms; got {len(arms)} (put other versions under shadow)"
+            )
+        if self.candidate not in arms:
+            problems.append(
+                f"{where}.candidate {self.candidate!r} is not an arm; arms: {', '.join(arms)}"
             )
         return problems
 

@@ -48,7 +48,7 @@ from bandit_serve.errors import (
     UnknownExperimentError,
 )
 from bandit_serve.models import InputContract
-from bandit_serve.policies import ArmStats, Canary, FrozenDistribution
+from bandit_serve.policies import ArmStats, FrozenDistribution
 from bandit_serve.safety import actions, canary
 from bandit_serve.safety.guardrails import Finding, evaluate, latency_summary
 from bandit_serve.service import metrics
@@ -256,10 +256,7 @@ class ExperimentRouter:
             if self.cfg.policy.candidate not in names or len(names) == 1:
                 p[self.arms.index(self.baseline)] = 1.0  # the candidate was rolled back
                 return p
-            policy = Canary(
-                candidate=names.index(self.cfg.policy.candidate),
-                weight=canary.weight(ctl, self.cfg.policy),
-            )
+            policy = self.cfg.policy.at_weight(names, canary.weight(ctl, self.cfg.policy))
         stats = self.arm_stats(snap.totals, [self.arms[i] for i in active])
         p[active] = policy.probabilities(stats, self.rng)[0]
         return p
@@ -495,6 +492,11 @@ class ExperimentRouter:
                 self.mirrors_skipped += 1
         token = signer.sign(self.settings.name, req.event_id)
         return Prediction(token, arm, body, propensity)
+
+    @property
+    def mirrors_in_flight(self) -> int:
+        """Mirrored requests this router has not finished (at most MAX_MIRRORS_IN_FLIGHT)."""
+        return self._mirrors
 
     async def _mirror(self, inputs: Any, served: Any) -> None:
         """Send a copy of a request to every shadow arm; count their calls, errors,

@@ -264,7 +264,7 @@ def simulate_policy(
     After ``entry.commit_after`` decisions the runs play the observed best arm instead.
     """
     if policy is None:
-        policy = entry.policy.build()
+        policy = entry.policy.build([a.name for a in sc.arms])
     runs, k = sc.runs, len(sc.arms)
     rng = np.random.default_rng([sc.seed, 1, index])  # the policy's own randomness
     env = Environment(sc)

@@ -138,7 +138,7 @@ class Scenario(Strict):
                 raise ValueError(f"changes[{i}].at: {c.at} is not before the horizon")
         reward_kind = "bernoulli" if bernoulli else "gaussian"
         for i, p in enumerate(self.policies):
-            problems = p.policy.fit_problems(reward_kind, len(self.arms), f"policies[{i}]")
+            problems = p.policy.fit_problems(reward_kind, names, f"policies[{i}]")
             if problems:
                 raise ValueError("; ".join(problems))
         if bernoulli and not 0 <= self.default_reward <= 1:
