@@ -372,10 +372,6 @@ def run(
     from bandit_serve.errors import BanditServeError
     from bandit_serve.service.runner import check_engine, supervise
 
-    try:
-        check_engine(engine, workers, address)
-    except BanditServeError as err:
-        raise fail(str(err)) from None
     args = AppArgs(
         config=str(config),
         redis_url=redis_url,
@@ -391,6 +387,7 @@ def run(
     from bandit_serve.service.options import check_exposure
 
     try:  # the quick checks here, before a child and Ray start
+        check_engine(engine, workers, address, args)
         check_exposure(load_config(config), host, insecure)
     except BanditServeError as err:
         raise fail(str(err)) from None

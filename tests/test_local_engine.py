@@ -154,6 +154,59 @@ def test_what_the_local_engine_cannot_do_is_one_line_each(tmp_path: Path, redis_
     ], out
     code, out = _run(tmp_path, ONE, "--engine", "spark")
     assert code == 2 and "--engine 'spark' is not one of: ray, local" in out, out
+    code, out = _run(tmp_path, ONE, "--router-replicas", "4", "--model-batch-size", "8")
+    assert code == 2 and _error_lines(out) == [
+        "error: --router-replicas, --model-batch-size is for --engine ray (Ray Serve's "
+        "replicas and batching); the local engine scales with --workers"
+    ], out
+
+
+def test_a_full_worker_answers_503_with_retry_after_and_records_nothing(
+    tmp_path: Path, redis_url: str, exp_name: str
+) -> None:
+    """The local engine bounds what a worker holds (max_ongoing_requests plus
+    max_queued_requests), as Ray Serve bounds a router replica's queue."""
+    import asyncio
+
+    from bandit_serve.service.local import create_local_app
+    from bandit_serve.service.options import AppArgs
+    from tests.conftest import delete_experiment_keys, serve_in_thread
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"experiments:\n  - name: {exp_name}\n    arms:\n"
+        "      - {name: a, model: 'tests.fixtures.models:sleepy'}\n"
+        "    policy: {kind: fixed}\n    reward: {kind: bernoulli}\n"
+    )
+    args = AppArgs(
+        config=str(config),
+        redis_url=redis_url,
+        max_ongoing_requests=2,
+        max_queued_requests=1,
+        retry_after_s=2.5,
+    )
+    try:
+        with serve_in_thread(create_local_app(args, watch_interval=0)) as base:
+
+            async def burst() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+                    path = f"/v1/experiments/{exp_name}/predict"
+                    return await asyncio.gather(
+                        *(c.post(path, json={"inputs": i}) for i in range(6))
+                    )
+
+            answers = asyncio.run(burst())
+            codes = sorted(r.status_code for r in answers)
+            assert codes == [200, 200, 200, 503, 503, 503], [r.text for r in answers]
+            for r in answers:
+                if r.status_code == 503:
+                    assert r.headers["retry-after"] == "3"
+                    assert "nothing was recorded" in r.json()["detail"]
+            assert httpx.get(f"{base}/healthz").status_code == 200
+            (arm,) = httpx.get(f"{base}/v1/experiments/{exp_name}").json()["arms"]
+            assert arm["pulls"] == 3
+    finally:
+        delete_experiment_keys(redis_url, exp_name)
 
 
 def test_a_config_change_made_while_a_worker_starts_is_not_missed(

@@ -17,7 +17,6 @@ action in the audit log).
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bandit_serve.config import ApiKeyConfig, AuthConfig, key_digest
+from bandit_serve.service.limits import answer
 
 __all__ = ["AuthMiddleware", "Authenticator", "required_scope"]
 
@@ -79,22 +79,6 @@ class Authenticator:
         return None
 
 
-async def _answer(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class AuthMiddleware:
     """Checks the key and the scope of every HTTP request before the app sees it."""
 
@@ -115,7 +99,7 @@ class AuthMiddleware:
         try:
             auth = self.get_auth()
         except RuntimeError:  # the service is not configured yet (a replica starting)
-            await _answer(send, 503, "starting; retry", [(b"retry-after", b"1")])
+            await answer(send, 503, "starting; retry", [(b"retry-after", b"1")])
             return
         if auth is None:
             await self.app(scope, receive, send)
@@ -131,7 +115,7 @@ class AuthMiddleware:
                 break
         key = auth.key_for(header)
         if key is None:
-            await _answer(
+            await answer(
                 send,
                 401,
                 "a valid API key is required: Authorization: Bearer <key>",
@@ -139,14 +123,14 @@ class AuthMiddleware:
             )
             return
         if not _covers(key.scopes, needed):
-            await _answer(send, 403, f"key {key.name!r} lacks the scope {needed!r}", [])
+            await answer(send, 403, f"key {key.name!r} lacks the scope {needed!r}", [])
             return
         limiter = self.limiter()
         if key.rate_per_second is not None and limiter is not None:
             wait = await limiter(key)
             if wait is not None:
                 seconds = max(1, int(wait + 0.999))
-                await _answer(
+                await answer(
                     send,
                     429,
                     f"key {key.name!r} is over its quota of {key.rate_per_second:g} requests/s",

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 
 import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_DEPTH", "BodyLimitMiddleware", "json_depth"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_DEPTH",
+    "BodyLimitMiddleware",
+    "answer",
+    "json_depth",
+]
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_DEPTH = 32
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_CLOSE = ((b"connection", b"close"),)  # the rest of a refused body is not read
 
 
 def json_depth(body: bytes) -> int:
@@ -35,7 +43,10 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(steps).max())
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
+async def answer(
+    send: Send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """A JSON ``{"detail": ...}`` answer from plain ASGI middleware (before any route)."""
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -44,7 +55,7 @@ async def _answer(send: Send, status: int, detail: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *headers,
             ],
         }
     )
@@ -74,10 +85,10 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _answer(send, 400, "the Content-Length header is not a number")
+                    await answer(send, 400, "the Content-Length header is not a number", _CLOSE)
                     return
                 if declared > self.max_bytes:
-                    await _answer(send, 413, too_big)
+                    await answer(send, 413, too_big, _CLOSE)
                     return
         chunks: list[bytes] = []
         size = 0
@@ -89,7 +100,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _answer(send, 413, too_big)
+                await answer(send, 413, too_big, _CLOSE)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -97,7 +108,9 @@ class BodyLimitMiddleware:
         # a body cannot nest deeper than it has opening brackets: most skip the scan
         opening = body.count(b"[") + body.count(b"{")
         if opening > self.max_depth and json_depth(body) > self.max_depth:
-            await _answer(send, 422, f"the JSON body nests deeper than {self.max_depth} levels")
+            await answer(
+                send, 422, f"the JSON body nests deeper than {self.max_depth} levels", _CLOSE
+            )
             return
         replayed = False
 

@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,12 +39,14 @@ from bandit_serve.config.rollout import ShadowArmConfig
 from bandit_serve.errors import BanditServeError, ConfigError
 from bandit_serve.models import InputContract, LoadedModel, LocalModel
 from bandit_serve.models.callables import CallableArm
+from bandit_serve.service.limits import answer
 
 __all__ = [
     "ARGS_ENV",
     "DisconnectWatch",
     "Hosted",
     "LocalModels",
+    "QueueLimit",
     "ReplicaHeader",
     "app_from_env",
     "create_local_app",
@@ -232,6 +235,41 @@ class DisconnectWatch:
             watcher.cancel()
 
 
+class QueueLimit:
+    """The local engine's bound on requests a worker holds at once (plain ASGI): Ray
+    Serve's ``max_ongoing_requests`` plus ``max_queued_requests``, since the local engine
+    works on all of them on one event loop. Beyond it a request is answered 503 with
+    ``Retry-After`` before any route runs (nothing recorded), as Ray Serve answers a full
+    router queue; ``/healthz`` is never refused. ``limit`` None: no bound (a
+    ``max_queued_requests`` of -1)."""
+
+    def __init__(self, app: ASGIApp, limit: int | None, retry_after_s: float) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after = str(max(1, math.ceil(retry_after_s))).encode()
+        self.held = 0
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit is None or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        if self.held >= self.limit:
+            self.refused += 1
+            await answer(
+                send,
+                503,
+                "the router's queue is full; nothing was recorded: retry",
+                [(b"retry-after", self.retry_after)],
+            )
+            return
+        self.held += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.held -= 1
+
+
 class _Lifespan:
     """The worker's lifespan around the API: start the service's background loops and
     the config watch on startup; stop them, close the models and the store on shutdown."""
@@ -330,7 +368,10 @@ def create_local_app(
             await store.close()
 
     api = create_api(lambda: service)
-    return _Lifespan(ReplicaHeader(DisconnectWatch(api)), startup, shutdown)
+    queued = args.max_queued_requests
+    limit = None if queued < 0 else args.max_ongoing_requests + queued
+    bounded = QueueLimit(DisconnectWatch(api), limit, args.retry_after_s)
+    return _Lifespan(ReplicaHeader(bounded), startup, shutdown)
 
 
 def app_from_env() -> ASGIApp:

@@ -30,10 +30,15 @@ class AppArgs(BaseModel):
     )
     router_replicas: int = Field(2, ge=1, description="BanditRouter replicas (Ray engine).")
     max_ongoing_requests: int = Field(
-        100, ge=1, description="Requests one router replica works on at once (Ray engine)."
+        100,
+        ge=1,
+        description="Requests one router replica works on at once (the local engine: "
+        "one worker holds this many plus the queue).",
     )
     max_queued_requests: int = Field(
-        500, ge=-1, description="Queued beyond those; more get 503 + Retry-After (Ray engine)."
+        500,
+        ge=-1,
+        description="Queued beyond those; more get 503 + Retry-After (-1: no bound).",
     )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After (seconds, rounded up) on those 503 answers."

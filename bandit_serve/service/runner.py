@@ -224,8 +224,20 @@ def _shutdown(local: LocalRedis | None) -> None:
             local.stop()
 
 
-def check_engine(engine: str, workers: int, address: str | None) -> None:
-    """The engine options fit together (BanditServeError, one line, when not)."""
+# Options that only Ray Serve has; given to the local engine, they would do nothing.
+RAY_ONLY = {
+    "router_replicas": "--router-replicas",
+    "model_max_batch_size": "--model-batch-size",
+    "model_batch_wait_s": "--model-batch-wait-s",
+    "router_own_thread": "--router-own-thread",
+}
+
+
+def check_engine(
+    engine: str, workers: int, address: str | None, args: AppArgs | None = None
+) -> None:
+    """The engine options fit together (BanditServeError, one line, when not): an option
+    of one engine given to the other is refused rather than ignored."""
     if engine not in ENGINES:
         raise BanditServeError(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}")
     if engine == "ray" and workers != 1:
@@ -235,6 +247,17 @@ def check_engine(engine: str, workers: int, address: str | None) -> None:
             "--address joins a Ray cluster, and --engine local runs without Ray: "
             "leave out one of them"
         )
+    if engine == "local" and args is not None:
+        given = [
+            flag
+            for name, flag in RAY_ONLY.items()
+            if getattr(args, name) != AppArgs.model_fields[name].default
+        ]
+        if given:
+            raise BanditServeError(
+                f"{', '.join(given)} is for --engine ray (Ray Serve's replicas and batching); "
+                "the local engine scales with --workers"
+            )
 
 
 def _banner(cfg: AppConfig, host: str, port: int, url: str, engine: str = "") -> str:
@@ -374,7 +397,7 @@ def run_service(
     config = Path(args.config)
     watch, cfg = ConfigWatch.open(config)  # fail early, before starting anything
     check_exposure(cfg, host, insecure)
-    check_engine(engine, workers, address)
+    check_engine(engine, workers, address, args)
     problem = _port_free(host, port)
     if problem is not None:
         raise BanditServeError(problem)
