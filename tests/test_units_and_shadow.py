@@ -231,6 +231,37 @@ async def test_a_blocking_shadow_never_takes_the_served_arms_threads(
         await models.aclose()
 
 
+async def test_a_blocking_served_model_runs_in_threads_and_leaves_the_loop_free(
+    store: Store, exp_name: str
+) -> None:
+    """An in-process arm whose model blocks its thread for 0.5 s (scikit-learn, ONNX, a
+    plain function; `placement: router` on Ray, every arm on the local engine): four
+    requests at once take about one call's time, and the event loop answers meanwhile."""
+    cfg = experiment(
+        exp_name,
+        {"a": "blocking_slow_echo_a"},
+        policy={"kind": "fixed"},
+    )
+    models = LocalModels(cfg)
+    r = router(cfg, store, models)
+    try:
+        await r.predict([0])  # the snapshot and the contracts, outside the timing
+        began = time.perf_counter()
+        calls = asyncio.gather(*(r.predict([i]) for i in range(4)))
+        ticks = []
+        while not calls.done():
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.01)
+            ticks.append(time.perf_counter() - t0)
+        answers = await calls
+        wall = time.perf_counter() - began
+        assert [a.arm for a in answers] == ["a"] * 4
+        assert wall < 1.2, wall  # one after another: 2 s
+        assert max(ticks) < 0.2, max(ticks)  # the loop was never held by a model
+    finally:
+        await models.aclose()
+
+
 def delete_experiment_keys_sync(store: Store, name: str) -> None:
     from tests.conftest import REDIS_URL
 
