@@ -11,7 +11,8 @@ Engines (one server per engine for the whole module, one config, one Redis):
 
 Every test runs on ``inprocess`` and ``local``; those in :data:`ALL` also on ``ray``
 (predict and reward exactly once, the model's failure, auth, the sweeper, guardrails,
-an arm with ``placement: router``). Each engine gets experiments of its own.
+an arm with ``placement: router``, the operators' actions and the read routes, 404/409/
+422 answers, sticky units). Each engine gets experiments of its own.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def config(prefix: str, keys: dict[str, str]) -> dict[str, Any]:
                 policy={"kind": "fixed", "weights": [0.5, 0.5]},
             ),
             exp("sticky", echo, assignment={"by": "unit_id", "salt": "engines"}),
+            exp("ops", echo, policy={"kind": "fixed"}),
         ],
     }
 
@@ -332,7 +334,57 @@ def test_placement(engine: Engine) -> None:
 # -- the local engines ----------------------------------------------------------------------
 
 
-@engines(*LOCAL)
+@engines(*ALL)
+def test_the_operators_actions_and_the_read_routes(engine: Engine) -> None:
+    """Pause, resume, promote, roll back a promoted arm, reset; the audit log, the
+    analysis, the time series and the metrics: the same answers on every engine."""
+    url = f"/v1/experiments/{engine.exp('ops')}"
+
+    def post(path: str, body: Any = None, **params: str) -> dict[str, Any]:
+        r = engine.client.post(f"{url}{path}", json=body, params=params)
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    def serving_only(arm: str) -> Callable[[], bool]:
+        return lambda: all(engine.predict("ops").json()["arm"] == arm for _ in range(6))
+
+    for i in range(10):
+        assert engine.predict("ops", i).status_code == 200
+    assert post("/pause", {"reason": "freeze"})["state"] == "paused"
+    engine.wait_for("every router sending all traffic to the baseline", serving_only("a"))
+    assert post("/pause")["changed"] is False
+    assert post("/resume")["state"] == "running"
+    assert post("/promote", {"arm": "b"})["arms"] == {"a": "retired", "b": "promoted"}
+    engine.wait_for("every router sending all traffic to b", serving_only("b"))
+    assert post("/arms/b/rollback", {"reason": "undo"})["arms"] == {
+        "a": "active",
+        "b": "rolled_back",
+    }
+    assert engine.client.post(f"{url}/arms/zz/rollback").status_code == 404
+    assert engine.client.post(f"{url}/reset").status_code == 422  # no confirm
+    events = engine.client.get(f"{url}/events").json()["events"]
+    kinds = [e["kind"] for e in events if e["kind"] != "config_changed"]
+    assert kinds == ["pause", "resume", "promote", "rollback"]
+    assert events[-1]["reason"] == "undo" and events[-1]["actor"] == "all"
+    analysis = engine.client.get(f"{url}/analysis").json()
+    assert [a["name"] for a in analysis["arms"]] == ["a", "b"]
+    series = engine.client.get(f"{url}/timeseries", params={"window_seconds": 600}).json()
+    pulls = sum(b["arms"][a]["pulls"] for b in series["buckets"] for a in ("a", "b"))
+    assert pulls == sum(a["pulls"] for a in engine.arms("ops").values()) >= 10
+    metrics = engine.client.get("/metrics").text
+    assert (
+        f'bandit_arm_status{{arm="b",experiment="{engine.exp("ops")}",status="rolled_back"}} 1.0'
+        in metrics
+    )
+    epoch = engine.client.get(url).json()["epoch"]
+    post("/reset", confirm=engine.exp("ops"))
+    view = engine.client.get(url).json()
+    assert view["epoch"] == epoch + 1 and sum(a["pulls"] for a in view["arms"]) == 0
+    assert {a["name"]: a["status"] for a in view["arms"]} == {"a": "active", "b": "rolled_back"}
+
+
+@engines(*ALL)
 def test_errors_and_actions(engine: Engine) -> None:
     assert engine.predict("nope").status_code == 404
     r = engine.client.post(f"/v1/experiments/{engine.exp('basic')}/predict", json={})
@@ -350,7 +402,7 @@ def test_errors_and_actions(engine: Engine) -> None:
     assert r.status_code == 200 and r.json()["arms"]["b"] == "active"
 
 
-@engines(*LOCAL)
+@engines(*ALL)
 def test_sticky_units_keep_their_arm(engine: Engine) -> None:
     first = {}
     for u in range(8):
