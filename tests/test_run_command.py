@@ -334,13 +334,13 @@ def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int,
 
 
 def _run_fails(
-    tmp_path: Path, redis_url: str, env: dict[str, str] | None = None
+    tmp_path: Path, redis_url: str, env: dict[str, str] | None = None, config_text: str = ONE
 ) -> tuple[str, str]:
     """``run --engine local`` with ``redis_url``, which must fail at start-up within
     seconds: its one error line and its whole output. It must have started no
     redis-server (no data directory)."""
     config = tmp_path / "one.yaml"
-    config.write_text(ONE)
+    config.write_text(config_text)
     began = time.monotonic()
     code, out = _cli(
         tmp_path,
@@ -439,6 +439,25 @@ def test_replicated_durability_on_a_server_without_replica_is_one_line(tmp_path:
         f"{server.address} has 0; give every master a replica (replicaof), or drop "
         "durability=replicated"
     )
+
+
+def test_an_experiment_asking_for_replicated_durability_is_checked_at_start_up(
+    tmp_path: Path,
+) -> None:
+    """An experiment's own ``durability: replicated`` (the URL's store-wide setting left
+    as it is) on a master without a replica: one line at start-up naming the experiment,
+    rather than a 503 at its first write."""
+    text = ONE.replace(
+        "    reward: {kind: bernoulli}\n",
+        "    reward: {kind: bernoulli}\n    durability: replicated\n",
+    )
+    assert "durability: replicated" in text
+    with running(RedisProcess(tmp_path / "redis")) as server:
+        line, _ = _run_fails(tmp_path, server.url, config_text=text)
+    assert line.startswith(
+        f"error: durability: replicated needs 1 replica(s) of every master of {server.url}"
+    ), line
+    assert line.endswith("(asked for by experiment(s) one)"), line
 
 
 def test_replicated_durability_and_the_stores_options_serve_with_a_replica(

@@ -39,7 +39,7 @@ from bandit_serve.service.redis_local import LocalRedis, advise, ensure_redis
 from bandit_serve.store.connection import redact
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "APP_NAME",
@@ -124,15 +124,20 @@ def _start_ray(address: str | None, stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
-async def _verify_store(url: str) -> None:
+async def _verify_store(url: str, replicated: Sequence[str] = ()) -> None:
     """The store's start-up check: its one line, with what to do added; any other error
-    one line too, naming the (redacted) URL."""
+    one line too, naming the (redacted) URL. ``replicated``: experiments whose config
+    asks for ``durability: replicated`` (their writes need a replica of every master,
+    checked now rather than refused at their first write)."""
     from bandit_serve.store import RedisStore
 
     try:
-        store = await RedisStore.open(url)
+        store = await RedisStore.open(url, durability="replicated" if replicated else None)
     except BanditServeError as err:
-        raise BanditServeError(advise(str(err))) from None
+        text = advise(str(err))
+        if replicated and "durability: replicated needs" in text:
+            text += f" (asked for by experiment(s) {', '.join(replicated)})"
+        raise BanditServeError(text) from None
     except Exception as err:  # redis-py's own, never a traceback
         raise BanditServeError(_redis_failure(url, err)) from None
     await store.close()
@@ -407,7 +412,8 @@ def run_service(
         os.environ["REDIS_URL"] = url  # from Serve's stored deployment arguments
     local = _local_redis(url, address, data_dir, echo)
     try:
-        asyncio.run(_verify_store(url))  # a wrong topology or credentials: one line, now
+        replicated = [e.name for e in cfg.experiments if e.durability == "replicated"]
+        asyncio.run(_verify_store(url, replicated))  # a wrong topology, credentials: one line
     except BanditServeError:
         if local is not None:
             local.stop()
