@@ -201,6 +201,23 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def run_cli(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """``bandit-serve ARGS...`` to its end, the tests' fixtures importable: its exit code
+    and its output (stdout and stderr)."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "bandit_serve.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(root), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return r.returncode, r.stdout + r.stderr
+
+
 def start_run(
     config: Path, *extra: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:

@@ -8,8 +8,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import delete_experiment_keys, free_port, start_run
+from tests.conftest import delete_experiment_keys, free_port, run_cli, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,30 +32,13 @@ ONE = (
 )
 
 
-def _run(tmp_path: Path, text: str, *extra: str, timeout: float = 120) -> tuple[int, str]:
+def _run(tmp_path: Path, text: str, *extra: str) -> tuple[int, str]:
     """A run that is expected to fail at once: its exit code and output."""
     config = tmp_path / "cfg.yaml"
     config.write_text(text)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bandit_serve.cli",
-            "run",
-            str(config),
-            "--engine",
-            "local",
-            "--port",
-            str(free_port()),
-            *extra,
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_cli(
+        tmp_path, "run", str(config), "--engine", "local", "--port", str(free_port()), *extra
     )
-    return r.returncode, r.stdout + r.stderr
 
 
 def _error_lines(out: str) -> list[str]:

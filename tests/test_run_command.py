@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from bandit_serve.store.connection import redact
-from tests.conftest import free_port, start_run
+from tests.conftest import free_port, run_cli, start_run
 from tests.redis_servers import RedisProcess, running, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,15 +322,7 @@ def test_on_ray_a_change_that_would_open_the_api_beyond_loopback_is_not_deployed
 
 def _cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """``bandit-serve ARGS...``: its exit code and its output (stdout and stderr)."""
-    r = subprocess.run(
-        [sys.executable, "-m", "bandit_serve.cli", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return r.returncode, r.stdout + r.stderr
+    return run_cli(cwd, *args, env=env, timeout=60)
 
 
 def _run_fails(
