@@ -516,7 +516,10 @@ def loadgen(
         raise fail(str(err)) from None
     typer.echo(res.summary())
     if res.failures:
-        raise fail(res.failure_line(), code=1)
+        line = res.failure_line()
+        if res.sent == 0 and "ConnectError" in line:  # nothing ever answered there
+            line += f"; is `bandit-serve run` up at {url}? pass --url or set BANDIT_SERVE_URL"
+        raise fail(line, code=1)
 
 
 @app.command()
