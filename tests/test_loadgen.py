@@ -127,8 +127,10 @@ def test_failed_requests_exit_1_with_their_count_and_reasons_in_one_line(
     dead = f"http://127.0.0.1:{free_port()}"
     code, out = run("--url", dead, "--experiment", "ab", "-i", str(f), "--retries", "1", *FAST)
     assert code == 1 and "2 of 2 requests failed: 2 predict: ConnectError" in out
-    assert out.strip().splitlines()[-1].endswith(
-        f"is `bandit-serve run` up at {dead}? pass --url or set BANDIT_SERVE_URL"
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .endswith(f"is `bandit-serve run` up at {dead}? pass --url or set BANDIT_SERVE_URL")
     )
 
 
