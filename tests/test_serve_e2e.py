@@ -458,18 +458,19 @@ def test_a_router_replica_killed_under_load(deployed: Deployed) -> None:
     url = f"{deployed.base}/v1/experiments/{exp}"
     before = sum(a["pulls"] for a in deployed.state(exp).values())
     codes: Counter[int] = Counter()
-    times: list[tuple[float, int]] = []
+    times: list[tuple[float, float, int]] = []  # (sent, answered, status; 0: no answer)
 
     async def client_loop(stop_at: float) -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             while time.monotonic() < stop_at:
+                sent = time.monotonic()
                 try:
                     r = await client.post(f"{url}/predict", json={"inputs": 0})
-                    codes[r.status_code] += 1
-                    times.append((time.monotonic(), r.status_code))
+                    code = r.status_code
                 except httpx.HTTPError:
-                    codes[0] += 1
-                    times.append((time.monotonic(), 0))
+                    code = 0
+                codes[code] += 1
+                times.append((sent, time.monotonic(), code))
 
     async def run() -> float:
         start = time.monotonic()
@@ -498,8 +499,16 @@ def test_a_router_replica_killed_under_load(deployed: Deployed) -> None:
     assert recovered is not None, "the killed router replica did not come back"
     failed = sum(n for c, n in codes.items() if c != 200)
     assert codes[200] > 100 and failed <= 16, codes  # at most the requests in flight
-    after_kill = [c for t, c in times if t > killed_at + 2]
-    assert after_kill and all(c == 200 for c in after_kill)  # the other replica answers
+    # A request the dead replica held may fail whenever its failure is noticed; one sent
+    # 2 s after the kill (the proxy has learnt the replica is gone) must be answered.
+    after_kill = [c for sent, _, c in times if sent > killed_at + 2]
+    failures = [
+        (round(sent - killed_at, 2), round(done - killed_at, 2), c)
+        for sent, done, c in times
+        if c != 200
+    ]
+    print(f"\nnon-200 (sent, answered: seconds after the kill; status): {failures}")
+    assert after_kill and all(c == 200 for c in after_kill), failures
     after = sum(a["pulls"] for a in deployed.state(exp).values())
     assert after - before >= codes[200]  # every answered prediction is in Redis
     print(f"\nrouter replica kill: {dict(codes)}; replica back after {recovered:.1f} s")
