@@ -18,7 +18,7 @@ from bandit_serve.config.rollout import (
 )
 from bandit_serve.config.safety import GuardrailsConfig, NotifyConfig
 from bandit_serve.policies import Policy
-from bandit_serve.store.base import ExperimentSettings
+from bandit_serve.store.base import Durability, ExperimentSettings
 
 __all__ = [
     "REWARD_LIMIT",
@@ -171,7 +171,7 @@ class ExperimentConfig(Strict):
     assignment: AssignmentConfig | None = None
     layer: LayerConfig | None = None
     shadow: ShadowConfig | None = None
-    durability: Literal["primary", "replicated"] | None = Field(
+    durability: Durability | None = Field(
         None,
         description="replicated: a logged decision or reward is answered only once a "
         "Redis replica has it (503 otherwise); primary: once the master has it. Default: "

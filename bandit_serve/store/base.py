@@ -45,6 +45,7 @@ __all__ = [
     "Bucket",
     "Control",
     "DecisionRecord",
+    "Durability",
     "EventState",
     "ExperimentSettings",
     "ExperimentState",
@@ -60,6 +61,8 @@ __all__ = [
 
 REWARD_SCALE = 1_000_000
 HIST_PREFIX = "h"  # latency histogram fields: "<arm>:h<bin>"
+# When a write is answered: once the master has it, or once a replica has it too.
+Durability = Literal["primary", "replicated"]
 Clock = Callable[[], float]
 
 
@@ -128,7 +131,7 @@ class ExperimentSettings:
     bucket_retention_seconds: int = 86400
     sticky_seconds: float = 86400.0
     events_max: int = 10_000  # the audit log keeps the last this many events
-    durability: Literal["primary", "replicated"] | None = None  # None: the store's
+    durability: Durability | None = None  # None: the store's
 
     def accepts(self, reward: float) -> bool:
         """True when the reward is a finite number within ``[low, high]``."""

@@ -82,9 +82,9 @@ from redis.exceptions import (
 )
 
 from bandit_serve.errors import ConfigError, StoreError
+from bandit_serve.store.base import Durability
 
 __all__ = [
-    "Durability",
     "RedisClient",
     "RedisConnection",
     "RedisTarget",
@@ -96,7 +96,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Durability = Literal["primary", "replicated"]
 Kind = Literal["single", "unix", "cluster", "sentinel"]
 RedisClient = aioredis.Redis | RedisCluster
 

@@ -62,6 +62,7 @@ from bandit_serve.store.base import (
     Clock,
     Control,
     DecisionRecord,
+    Durability,
     EventState,
     ExperimentSettings,
     LoggedDecision,
@@ -73,7 +74,6 @@ from bandit_serve.store.base import (
 )
 from bandit_serve.store.batching import Coalescer
 from bandit_serve.store.connection import (
-    Durability,
     RedisClient,
     RedisConnection,
     connect,
