@@ -19,11 +19,10 @@ from pathlib import Path
 import redis
 
 from bandit_serve.errors import BanditServeError
+from bandit_serve.service.options import LOOPBACK
 from bandit_serve.store.connection import RedisTarget, parse_url, redact
 
 __all__ = ["LocalRedis", "advise", "ensure_redis"]
-
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 CHECK_URL = "check --redis-url, REDIS_URL or the config's redis_url"
 CHECK_PASSWORD = (
@@ -71,7 +70,7 @@ def _startable(target: RedisTarget) -> tuple[str, int] | None:
     if target.kind != "single" or target.tls:
         return None
     host, port = target.hosts[0]
-    return (host, port) if host in LOCAL_HOSTS else None
+    return (host, port) if host in LOOPBACK else None
 
 
 def ensure_redis(url: str, data_dir: Path) -> LocalRedis | None:
