@@ -315,17 +315,21 @@ class ExperimentRouter:
         if self.contracts is None:
             self.contracts = await self.caller.contracts(self.settings.name, self.arms)
         assert self.snap is not None
-        ctl = self.snap.control
-        for arm in self.arms:
+        for arm in self._may_serve(self.snap.control):
             contract = self.contracts.get(arm)
-            serving = arm == self.baseline or ctl.status(arm) in (
-                ArmStatus.ACTIVE,
-                ArmStatus.PROMOTED,
-            )
-            if serving and contract is not None:
+            if contract is not None:
                 problem = contract.problem(inputs)
                 if problem is not None:
                     raise InputRejected(f"{problem} (the contract of arm {arm!r})")
+
+    def _may_serve(self, ctl: Control) -> list[str]:
+        """The arms that may answer a request: every active or promoted arm, whatever its
+        share now, and the baseline. The input contracts and the guardrails cover these."""
+        return [
+            a
+            for a in self.arms
+            if a == self.baseline or ctl.status(a) in (ArmStatus.ACTIVE, ArmStatus.PROMOTED)
+        ]
 
     def _assigned(self, unit_id: str) -> tuple[str, float] | None:
         """The arm of a unit by its bucket (fixed splits and canaries: a function of the
@@ -637,12 +641,7 @@ class ExperimentRouter:
             return []
         snap = await self.store.read(self.settings.name)
         ctl = snap.control
-        checked = [
-            a
-            for a in self.arms
-            if ctl.status(a) in (ArmStatus.ACTIVE, ArmStatus.PROMOTED) or a == self.baseline
-        ]
-        findings = evaluate(self.cfg, snap, checked)
+        findings = evaluate(self.cfg, snap, self._may_serve(ctl))
         self.findings = findings
         self.checked_at = time.time()
         for f in findings:
