@@ -518,7 +518,7 @@ def loadgen(
     if res.failures:
         line = res.failure_line()
         if res.sent == 0 and "ConnectError" in line:  # nothing ever answered there
-            line += f"; is `bandit-serve run` up at {url}? pass --url or set BANDIT_SERVE_URL"
+            line += "; " + _IS_IT_UP.format(where=f"at {url}")
         raise fail(line, code=1)
 
 
@@ -616,12 +616,15 @@ def _call(url: str, api_key: str | None, what: Callable[[Any], Any]) -> Any:
         raise fail(f"cannot reach {url}: {err}") from None
 
 
+_IS_IT_UP = "is `bandit-serve run` up {where}? pass --url or set BANDIT_SERVE_URL"
+
+
 def _unreachable(url: str, err: ServiceUnavailable) -> str:
     """One line for a service that gave no usable answer; when nothing answered at all,
     what to do about it."""
     text = f"cannot reach {url}: {err}"
     if err.status is None:  # no HTTP answer: nothing serves there
-        text += "; is `bandit-serve run` up there? pass --url or set BANDIT_SERVE_URL"
+        text += "; " + _IS_IT_UP.format(where="there")
     return text
 
 

@@ -134,12 +134,10 @@ def start(
         **_enter(1, now, candidate_calls),
     }
     w = cfg.steps[0].weight
-    reason = f"canary started: step 1 of {len(cfg.steps)}, candidate weight {w:g}"
+    started = "canary started"
     previous = ctl.get(CANDIDATE)
     if previous is not None and previous != cfg.candidate:
-        reason = f"canary of {cfg.candidate} started (replacing {previous}): step 1 of " + (
-            f"{len(cfg.steps)}, candidate weight {w:g}"
-        )
+        started = f"canary of {cfg.candidate} started (replacing {previous})"
         if ctl.state is ExperimentState.PROMOTED:  # the previous canary's promotion ends
             changes["state"] = ExperimentState.RUNNING.value
             for arm in (baseline, cfg.candidate):
@@ -149,7 +147,7 @@ def start(
         kind="step",
         arm=cfg.candidate,
         actor="schedule",
-        reason=reason,
+        reason=f"{started}: step 1 of {len(cfg.steps)}, candidate weight {w:g}",
         details={"step": 1, "weight": w},
     )
     return Transition(ctl.with_items(changes), (event,))

@@ -248,14 +248,12 @@ class QueueLimit:
         self.limit = limit
         self.retry_after = str(max(1, math.ceil(retry_after_s))).encode()
         self.held = 0
-        self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.limit is None or scope["path"] == "/healthz":
             await self.app(scope, receive, send)
             return
         if self.held >= self.limit:
-            self.refused += 1
             await answer(
                 send,
                 503,
