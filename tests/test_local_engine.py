@@ -41,6 +41,17 @@ def _run(tmp_path: Path, text: str, *extra: str) -> tuple[int, str]:
     )
 
 
+def _sleepy(tmp_path: Path, name: str) -> Path:
+    """A config of one experiment whose one arm answers after 0.5 s (tests.fixtures)."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"experiments:\n  - name: {name}\n    arms:\n"
+        "      - {name: a, model: 'tests.fixtures.models:sleepy'}\n"
+        "    policy: {kind: fixed}\n    reward: {kind: bernoulli}\n"
+    )
+    return config
+
+
 def _error_lines(out: str) -> list[str]:
     return [ln for ln in out.splitlines() if ln.startswith("error:")]
 
@@ -153,12 +164,7 @@ def test_a_full_worker_answers_503_with_retry_after_and_records_nothing(
     from bandit_serve.service.options import AppArgs
     from tests.conftest import delete_experiment_keys, serve_in_thread
 
-    config = tmp_path / "cfg.yaml"
-    config.write_text(
-        f"experiments:\n  - name: {exp_name}\n    arms:\n"
-        "      - {name: a, model: 'tests.fixtures.models:sleepy'}\n"
-        "    policy: {kind: fixed}\n    reward: {kind: bernoulli}\n"
-    )
+    config = _sleepy(tmp_path, exp_name)
     args = AppArgs(
         config=str(config),
         redis_url=redis_url,
@@ -226,12 +232,7 @@ def test_a_client_that_goes_away_leaves_no_decision_behind(
     from bandit_serve.service.options import AppArgs
     from tests.conftest import delete_experiment_keys, serve_in_thread
 
-    config = tmp_path / "cfg.yaml"
-    config.write_text(
-        f"experiments:\n  - name: {exp_name}\n    arms:\n"
-        "      - {name: a, model: 'tests.fixtures.models:sleepy'}\n"
-        "    policy: {kind: fixed}\n    reward: {kind: bernoulli}\n"
-    )
+    config = _sleepy(tmp_path, exp_name)
     app = create_local_app(AppArgs(config=str(config), redis_url=redis_url), watch_interval=0)
     path = f"/v1/experiments/{exp_name}/predict"
     body = b'{"inputs": [1]}'
